@@ -1,0 +1,60 @@
+"""Installs the `lwm` and `ringattention` packages and the `lwm` console script."""
+
+from setuptools import find_packages, setup
+
+# Pinned so that a fresh clone installs exactly what CI tested. torch is the CPU build that the
+# development machines hold as a local wheel; an unpinned torch would pull CUDA packages.
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorstore==0.1.86",
+    "einops==0.8.2",
+    "numpy>=2.0,<3",
+    "transformers==5.23.0",
+    "sentencepiece==0.2.3",
+    "safetensors>=0.4,<1",
+    "grain==0.2.18",
+    "av==18.1.0",
+    "imageio==2.38.1",
+    "draccus==0.11.6",
+    "pyyaml>=6,<7",
+    "tensorboardX==2.6.5",
+    "matplotlib==3.11.2",
+    "tqdm>=4.66,<5",
+]
+PARITY = [
+    "torch==2.13.0",
+    "diffusers==0.42.1",
+]
+WORLDMODELS = [
+    "gymnasium==1.4.0",
+    "box2d==2.3.10",
+    "cma==4.5.0",
+]
+DOOM = ["vizdoom==1.3.2"]
+DEV = PARITY + WORLDMODELS + [
+    "pytest>=8,<9",
+    "pytest-xdist>=3.5,<4",
+    "hypothesis>=6.100,<7",
+    "scipy>=1.13,<2",
+]
+
+setup(
+    name="lwm",
+    version="0.1.0",
+    description="Long-context video+language world models in JAX, with ring attention.",
+    packages=find_packages(include=["lwm", "lwm.*", "ringattention", "ringattention.*"]),
+    package_data={"lwm": ["assets/*"]},
+    python_requires=">=3.11",
+    install_requires=CORE,
+    extras_require={
+        "parity": PARITY,
+        "worldmodels": WORLDMODELS,
+        "doom": DOOM,
+        "dev": DEV,
+    },
+    entry_points={"console_scripts": ["lwm=lwm.cli:main"]},
+)
