@@ -1,0 +1,156 @@
+"""Device mesh and the mapping from logical axis names to mesh axes.
+
+This module and `ringattention` are the only places that spell `PartitionSpec`s: models name
+their axes logically (`embed`, `heads`, `seq`, ...) and the rules below place them on the
+`(dp, fsdp, tp, sp)` mesh, following LWM: parameters are sharded over `('fsdp', 'sp')` × `tp`,
+so sequence-parallel devices also hold a slice of the weights, and activations over
+`(('dp', 'fsdp'), 'sp', 'tp')`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lwm.config import ConfigError, MeshConfig
+
+MESH_AXES = ("dp", "fsdp", "tp", "sp")
+
+# Logical axis -> mesh axes. A dimension is only sharded when its size divides evenly.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    # parameters
+    ("vocab", "tp"),
+    ("embed", ("fsdp", "sp")),
+    ("heads", "tp"),
+    ("kv_heads", "tp"),
+    ("mlp", "tp"),
+    ("head_dim", None),
+    ("norm", None),
+    ("layers", None),
+    # activations
+    ("batch", ("dp", "fsdp")),
+    ("seq", "sp"),
+    ("act_heads", "tp"),
+    ("act_kv_heads", "tp"),
+    ("act_embed", None),
+    ("act_mlp", "tp"),
+    ("act_vocab", "tp"),
+)
+
+
+def resolve_axis_sizes(config: MeshConfig, device_count: int) -> dict[str, int]:
+    """Axis sizes with the -1 axis filled in; raises `ConfigError` when they do not factor."""
+    sizes = config.sizes()
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    wildcard = [name for name, size in sizes.items() if size == -1]
+    if wildcard:
+        if device_count % fixed:
+            raise ConfigError(
+                f"mesh {sizes} cannot use {device_count} devices: the fixed axes multiply to "
+                f"{fixed}, which does not divide {device_count}; choose sizes whose product "
+                f"divides the device count"
+            )
+        sizes[wildcard[0]] = device_count // fixed
+    elif fixed != device_count:
+        raise ConfigError(
+            f"mesh {sizes} needs {fixed} devices but {device_count} are available: make the "
+            f"product of dp·fsdp·tp·sp equal {device_count}, or set one axis to -1"
+        )
+    return sizes
+
+
+def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds the `(dp, fsdp, tp, sp)` mesh from config with automatic (not explicit) sharding."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = resolve_axis_sizes(config, len(devices))
+    shape = tuple(sizes[name] for name in MESH_AXES)
+    device_grid = np.asarray(devices).reshape(shape)
+    return Mesh(device_grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _rules_dict(rules: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    return dict(rules)
+
+
+def logical_to_spec(
+    logical_axes: Sequence[str | None],
+    shape: Sequence[int] | None = None,
+    mesh: Mesh | None = None,
+    rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
+) -> PartitionSpec:
+    """Maps logical axis names to a `PartitionSpec`.
+
+    With `shape` and `mesh` given, a dimension whose size the mesh axes do not divide is left
+    replicated instead of failing (for example a 3-way vocabulary on a 2-way `tp`), and mesh
+    axes of size 1 are dropped.
+    """
+    table = _rules_dict(rules)
+    used: set[str] = set()
+    spec: list[Any] = []
+    for index, name in enumerate(logical_axes):
+        target = table.get(name) if name is not None else None
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        axes = tuple(axis for axis in axes if axis not in used)
+        if mesh is not None:
+            axes = tuple(axis for axis in axes if mesh.shape[axis] > 1)
+            if shape is not None and axes:
+                if shape[index] % math.prod(mesh.shape[axis] for axis in axes):
+                    axes = ()
+        used.update(axes)
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*spec)
+
+
+def logical_axes_of(variable: Any) -> tuple[str | None, ...]:
+    """The logical axis names a model variable was annotated with (replicated if none)."""
+    axes = variable.get_metadata().get("logical_axes")
+    return tuple(axes) if axes is not None else (None,) * len(variable.shape)
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
+    """`NamedSharding`s for every variable of an `nnx.State` (abstract or concrete)."""
+    from flax import nnx
+
+    def sharding(variable: Any) -> Any:
+        spec = logical_to_spec(logical_axes_of(variable), variable.shape, mesh, rules)
+        return variable.replace(NamedSharding(mesh, spec))
+
+    return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A sharding that keeps a full copy on every device (scalars, small tables)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> NamedSharding:
+    """Sharding of a `[batch, seq]` input array: batch over `(dp, fsdp)`, sequence over `sp`."""
+    return NamedSharding(mesh, logical_to_spec(("batch", "seq"), None, mesh, rules))
+
+
+_active_rules: list[Sequence[tuple[str, Any]]] = []
+
+
+@contextlib.contextmanager
+def axis_rules(rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
+    """Uses `rules` for activation constraints inside the block (a scoped setting, not global)."""
+    _active_rules.append(rules)
+    try:
+        yield
+    finally:
+        _active_rules.pop()
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Pins an activation's layout by logical names when a mesh is active; a no-op otherwise."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+        return x
+    rules = _active_rules[-1] if _active_rules else DEFAULT_RULES
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh, rules))

@@ -1,0 +1,136 @@
+"""The project's own model checkpoint layout: a config plus an Orbax parameter tree.
+
+A model directory holds `model.yaml` (the `ModelConfig`) and `params/` (an Orbax checkpoint of
+the parameters as a nested dict of arrays). The layout of that dict follows the model: with
+`scan_layers` the layers are stacked under `layers` with a leading layer axis; without it they
+are `layers/0`, `layers/1`, .... `stack_layers` and `unstack_layers` move between the two.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from lwm.config import ModelConfig, load_config, save_config
+from lwm.model.llama import LlamaModel
+
+MODEL_CONFIG_FILE = "model.yaml"
+PARAMS_DIR = "params"
+
+
+def create_model(config: ModelConfig, seed: int = 0) -> LlamaModel:
+    """A freshly initialised model."""
+    return LlamaModel(config, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(config: ModelConfig) -> LlamaModel:
+    """The model with shapes and dtypes only: nothing is allocated (works for 7B on a laptop)."""
+    return nnx.eval_shape(lambda: LlamaModel(config, rngs=nnx.Rngs(0)))
+
+
+def count_parameters(model: nnx.Module) -> int:
+    """Number of scalar parameters (works on abstract models too)."""
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    return int(sum(np.prod(leaf.shape) for leaf in leaves))
+
+
+def params_dict(model: nnx.Module) -> dict[str, Any]:
+    """The parameters as a plain nested dict of arrays."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def set_params(model: nnx.Module, params: dict[str, Any]) -> None:
+    """Loads a nested dict of arrays into the model, checking every shape."""
+    state = nnx.state(model, nnx.Param)
+    expected = nnx.to_pure_dict(state)
+    flat_expected = dict(_flatten(expected))
+    flat_given = dict(_flatten(params))
+    missing = sorted(set(flat_expected) - set(flat_given))
+    extra = sorted(set(flat_given) - set(flat_expected))
+    if missing or extra:
+        raise ValueError(f"parameter tree mismatch: missing {missing[:5]}, unexpected {extra[:5]}")
+    for key, value in flat_given.items():
+        if tuple(value.shape) != tuple(flat_expected[key].shape):
+            raise ValueError(
+                f"parameter {'/'.join(key)} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(flat_expected[key].shape)}"
+            )
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+
+
+def _flatten(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    items = []
+    for key, value in tree.items():
+        path = prefix + (str(key),)
+        if isinstance(value, dict):
+            items.extend(_flatten(value, path))
+        else:
+            items.append((path, value))
+    return items
+
+
+def stack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """Turns `layers/{i}/...` into `layers/...` with a leading layer axis."""
+    layers = [params["layers"][i] for i in range(num_layers)]
+    stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *layers)
+    return {**params, "layers": stacked}
+
+
+def unstack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """Turns stacked `layers/...` into `layers/{i}/...`."""
+    stacked = params["layers"]
+    layers = {i: jax.tree.map(lambda x, i=i: np.asarray(x)[i], stacked) for i in range(num_layers)}
+    return {**params, "layers": layers}
+
+
+def save_model(model: LlamaModel, directory: str | Path) -> Path:
+    """Writes `model.yaml` and `params/` into `directory` (which must not hold params yet)."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    save_config(model.config, directory / MODEL_CONFIG_FILE)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory / PARAMS_DIR, params_dict(model))
+    return directory
+
+
+def load_params_tree(directory: str | Path, target: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Reads the parameter dict of a model directory (onto `target`'s shapes and shardings)."""
+    import orbax.checkpoint as ocp
+
+    path = Path(directory).absolute() / PARAMS_DIR
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} has no {PARAMS_DIR}/: not an lwm model directory")
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(path, target) if target is not None else checkpointer.restore(path)
+
+
+def load_model_config(directory: str | Path) -> ModelConfig:
+    """The `ModelConfig` stored in a model directory."""
+    path = Path(directory) / MODEL_CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has no {MODEL_CONFIG_FILE}: not an lwm model directory")
+    return load_config(ModelConfig, path)
+
+
+def load_model(directory: str | Path, overrides: tuple[str, ...] = ()) -> LlamaModel:
+    """Loads a model saved by `save_model` (or `lwm convert hf2lwm`).
+
+    `overrides` change runtime settings such as `--attention blockwise` or `--dtype bfloat16`;
+    shape fields must match the stored parameters.
+    """
+    config = load_config(ModelConfig, Path(directory) / MODEL_CONFIG_FILE, overrides)
+    model = abstract_model(config)
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params_dict(model)
+    )
+    params = load_params_tree(directory, target)
+    model = create_model(config)
+    set_params(model, params)
+    return model
