@@ -1,0 +1,84 @@
+"""Data commands: `lwm make-qa` (long-context QA chat data) and `lwm inspect-store`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from lwm.cli.common import add_config_command
+
+MAKE_QA_DESCRIPTION = """\
+Builds long-context chat data as LWM did: documents (JSONL, qa.text_field) are split into chunks
+of qa.chunk_tokens tokens, each chunk gets question/answer pairs, and consecutive chunks are
+joined into contexts of up to each of qa.target_lengths tokens followed by questions about them.
+
+examples:
+  lwm make-qa --config configs/data/make_qa.yaml
+  lwm make-qa --config configs/data/make_qa.yaml --qa.input books.jsonl --qa.output qa.jsonl \\
+      --qa.target_lengths "[8192, 32768]" --data.tokenizer PATH
+"""
+
+
+def load_text_tokenizer(data_config: Any) -> Any:
+    """The text tokenizer named by `data.tokenizer` (built by `lwm.data.text_tokenizer`)."""
+    from lwm.config import ConfigError
+
+    if not data_config.tokenizer:
+        raise ConfigError("data.tokenizer is empty: name the tokenizer (a path or known name)")
+    try:
+        from lwm.data import text_tokenizer
+    except ModuleNotFoundError as error:
+        raise ConfigError(f"the text tokenizer module is not available ({error})") from error
+    return text_tokenizer.load_tokenizer(data_config.tokenizer)
+
+
+def _run_make_qa(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lwm.config import load_config
+    from lwm.config.data import MakeQAConfig
+    from lwm.data.qa import make_qa
+    from lwm.data.records import resolve_text_vocab_size
+
+    config = load_config(MakeQAConfig, args.config, overrides)
+    tokenizer = load_text_tokenizer(config.data)
+    summary = make_qa(config.qa, config.data, tokenizer, resolve_text_vocab_size(config.data, tokenizer))
+    print(f"wrote {config.qa.output}")
+    print(summary.summary())
+    return 0
+
+
+def _run_inspect_store(args: argparse.Namespace) -> int:
+    from lwm.data.store import TokenStore
+
+    store = TokenStore(args.path)
+    info = store.summary()
+    if args.json:
+        print(json.dumps(info, indent=1, sort_keys=True))
+        return 0
+    for key in sorted(info):
+        print(f"{key}: {info[key]}")
+    for index in range(min(args.show, len(store))):
+        example = store[index]
+        print(f"example {index}: {len(example)} tokens, {int(example.is_vision.sum())} vision, "
+              f"{int(example.loss_mask.sum())} with loss; first ids {example.tokens[:16].tolist()}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds `make-qa` and `inspect-store`."""
+    add_config_command(
+        subparsers, "make-qa", help="build long-context QA chat data from documents",
+        description=MAKE_QA_DESCRIPTION, run=_run_make_qa,
+    )
+    from lwm.cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "inspect-store", help="print a token store's metadata and counts",
+        description="Prints a token store's metadata, counts and length statistics.\n\n"
+                    "example:\n  lwm inspect-store data/tokens --show 2",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("path", help="token store directory")
+    parser.add_argument("--show", type=int, default=0, help="also print the first N examples")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(func=_run_inspect_store, accepts_overrides=False)

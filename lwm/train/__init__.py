@@ -1,0 +1,1 @@
+"""Training: loss arithmetic, the training step and loop."""
