@@ -9,10 +9,27 @@ from lwm.config.loading import (
     save_config,
     to_dict,
 )
+from lwm.config.data import DataConfig, QAConfig
 from lwm.config.model import MeshConfig, ModelConfig
+from lwm.config.train import (
+    CheckpointConfig,
+    DistributedConfig,
+    LoggingConfig,
+    StageConfig,
+    TrainConfig,
+    TrainRunConfig,
+)
 
 __all__ = [
+    "CheckpointConfig",
     "ConfigError",
+    "DataConfig",
+    "DistributedConfig",
+    "LoggingConfig",
+    "QAConfig",
+    "StageConfig",
+    "TrainConfig",
+    "TrainRunConfig",
     "MeshConfig",
     "ModelConfig",
     "from_dict",

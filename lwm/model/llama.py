@@ -193,8 +193,12 @@ class LlamaModel(nnx.Module):
         segment_ids_BT: jax.Array | None = None,
         input_is_vision_BT: jax.Array | None = None,
         attention_fn: AttentionFn | None = None,
+        input_embeddings_BTE: jax.Array | None = None,
     ) -> jax.Array:
         """Final-norm hidden states `[batch, seq, hidden]`.
+
+        `input_embeddings_BTE`, when given, replaces the token lookup (for soft prompts and for
+        gradients with respect to the inputs).
 
         `positions_BT` restart at 0 for every packed example (default: 0..seq-1);
         `segment_ids_BT` keep packed examples from attending to each other (default: one segment).
@@ -207,7 +211,10 @@ class LlamaModel(nnx.Module):
             segment_ids_BT = jnp.ones((batch, seq), jnp.int32)
         attention_fn = attention_fn or make_attention_fn(config)
         cos_BTD, sin_BTD = rope_cos_sin(positions_BT, config.head_dim, config.rope_theta)
-        x_BTE = self.embed_tokens(input_ids_BT, input_is_vision_BT)
+        if input_embeddings_BTE is None:
+            x_BTE = self.embed_tokens(input_ids_BT, input_is_vision_BT)
+        else:
+            x_BTE = input_embeddings_BTE.astype(jnp.dtype(config.dtype))
 
         def run_block(block: DecoderBlock, x: jax.Array) -> jax.Array:
             return block(x, cos_BTD, sin_BTD, segment_ids_BT, attention_fn)
