@@ -1,0 +1,83 @@
+"""Config loading, dotted overrides, and every validation message."""
+
+from pathlib import Path
+
+import pytest
+
+from lwm.config import ConfigError, MeshConfig, TrainRunConfig, load_config, save_config
+from lwm.mesh import make_mesh, resolve_axis_sizes
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*.yaml"))
+                         + sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("long/*.yaml")))
+def test_every_preset_loads_and_validates(path):
+    config = load_config(TrainRunConfig, CONFIGS / path)
+    assert config.model.num_layers > 0
+
+
+def test_long_context_presets_follow_lwm_progression():
+    theta = {name: load_config(TrainRunConfig, CONFIGS / f"long/lwm-text-{name}.yaml").model.rope_theta
+             for name in ("128k", "256k", "512k", "1m")}
+    assert theta == {"128k": 1e7, "256k": 1e7, "512k": 2.5e7, "1m": 5e7}
+    one_m = load_config(TrainRunConfig, CONFIGS / "long/lwm-text-1m.yaml")
+    assert one_m.data.seq_len == one_m.model.max_seq_len == 1_048_576
+
+
+def test_dotted_overrides_are_typed(tmp_path):
+    config = load_config(
+        TrainRunConfig, CONFIGS / "tiny.yaml",
+        ["--train.lr", "3e-4", "--model.num_layers=2", "--mesh.fsdp", "4", "--model.remat", "full"],
+    )
+    assert config.train.lr == pytest.approx(3e-4) and isinstance(config.train.lr, float)
+    assert config.model.num_layers == 2 and config.mesh.fsdp == 4 and config.model.remat == "full"
+    # a saved config reloads to the same value
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(TrainRunConfig, tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--train.lrr", "1"], "did you mean 'lr'"),
+    (["--model.num_layers", "many"], "model.num_layers"),
+    (["--model.remat", "sometimes"], "model.remat"),
+    (["--train.lr"], "has no value"),
+    (["train.lr", "1"], "expected --section.field"),
+    (["--model.num_kv_heads", "3"], "model.num_kv_heads=3 must divide model.num_heads=4"),
+    (["--model.hidden_size", "250"], "model.hidden_size=250 is not divisible by model.num_heads=4"),
+    (["--mesh.dp", "-1"], "at most one axis may take the remaining devices"),
+    (["--mesh.tp", "0"], "mesh.tp=0"),
+    (["--mesh.sp", "3"], "data.seq_len=256 is not divisible by mesh.sp=3"),
+    (["--data.seq_len", "4096"], "data.seq_len=4096 exceeds model.max_seq_len=2048"),
+    (["--mesh.tp", "3"], "model.num_heads=4 is not divisible by mesh.tp=3"),
+    (["--model.attention", "ring", "--mesh.sp", "2", "--model.query_chunk_size", "96"],
+     "model.query_chunk_size=96 does not divide the per-device length data.seq_len/mesh.sp=128"),
+    (["--train.warmup_steps", "500"], "train.warmup_steps=500 must lie between 0 and train.steps=200"),
+    (["--data.text_loss_weight", "0", "--data.vision_loss_weight", "0"], "both 0"),
+])
+def test_validation_names_the_wrong_value(overrides, message):
+    with pytest.raises(ConfigError, match=None) as error:
+        load_config(TrainRunConfig, CONFIGS / "tiny.yaml", overrides)
+    assert message in str(error.value)
+
+
+def test_yaml_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  hidden_size: 64\n  num_heads: [4\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+"):
+        load_config(TrainRunConfig, path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(TrainRunConfig, tmp_path / "missing.yaml")
+    (tmp_path / "unknown.yaml").write_text("modle:\n  hidden_size: 64\n")
+    with pytest.raises(ConfigError, match="unknown.yaml.*modle"):
+        load_config(TrainRunConfig, tmp_path / "unknown.yaml")
+
+
+def test_mesh_resolution_and_errors():
+    assert resolve_axis_sizes(MeshConfig(dp=2, fsdp=-1, tp=2, sp=1), 8) == {"dp": 2, "fsdp": 2, "tp": 2, "sp": 1}
+    with pytest.raises(ConfigError, match="does not divide 8"):
+        resolve_axis_sizes(MeshConfig(dp=3, fsdp=-1), 8)
+    with pytest.raises(ConfigError, match="needs 4 devices but 8 are available"):
+        resolve_axis_sizes(MeshConfig(dp=1, fsdp=2, tp=2, sp=1), 8)
+    mesh = make_mesh(MeshConfig(dp=1, fsdp=2, tp=2, sp=2))
+    assert dict(mesh.shape) == {"dp": 1, "fsdp": 2, "tp": 2, "sp": 2}
