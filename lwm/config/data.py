@@ -103,7 +103,11 @@ class ChatTemplateConfig:
     eos_after_answer: bool = True
 
     def validate(self) -> None:
-        """Raises `ConfigError` when the assistant prefix is empty (turns could not be told apart)."""
+        """Raises `ConfigError` for a missing text piece or an empty assistant prefix."""
+        for name in ("system", "user_prefix", "vision_separator", "assistant_prefix", "answer_prefix"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"data.chat.{name}={getattr(self, name)!r} must be a string "
+                                  f"(quote it in YAML, e.g. '\"\"' for an empty one)")
         if not self.assistant_prefix.strip():
             raise ConfigError(
                 "data.chat.assistant_prefix is empty: the model needs a marker before each answer, "
