@@ -16,21 +16,15 @@ joined into contexts of up to each of qa.target_lengths tokens followed by quest
 examples:
   lwm make-qa --config configs/data/make_qa.yaml
   lwm make-qa --config configs/data/make_qa.yaml --qa.input books.jsonl --qa.output qa.jsonl \\
-      --qa.target_lengths "[8192, 32768]" --data.tokenizer PATH
+      --qa.target_lengths "[8192, 32768]" --data.tokenizer tokenizer.model
 """
 
 
 def load_text_tokenizer(data_config: Any) -> Any:
-    """The text tokenizer named by `data.tokenizer` (built by `lwm.data.text_tokenizer`)."""
-    from lwm.config import ConfigError
+    """The text tokenizer at `data.tokenizer` (a SentencePiece model; empty: the project's own)."""
+    from lwm.data.text_tokenizer import load_text_tokenizer as load
 
-    if not data_config.tokenizer:
-        raise ConfigError("data.tokenizer is empty: name the tokenizer (a path or known name)")
-    try:
-        from lwm.data import text_tokenizer
-    except ModuleNotFoundError as error:
-        raise ConfigError(f"the text tokenizer module is not available ({error})") from error
-    return text_tokenizer.load_tokenizer(data_config.tokenizer)
+    return load(data_config.tokenizer or None)
 
 
 def _run_make_qa(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -136,7 +136,7 @@ class DataConfig:
     messages_field: str = "messages"
     vision_field: str = "vision"
     chat: ChatTemplateConfig = dataclasses.field(default_factory=ChatTemplateConfig)
-    tokenizer: str = ""
+    tokenizer: str = ""  # a SentencePiece .model file; empty: lwm/assets/tokenizer.model
     text_vocab_size: int = 0
     codebook_size: int = 8192
     tokens_per_frame: int = 256

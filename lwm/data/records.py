@@ -210,6 +210,12 @@ def resolve_text_vocab_size(config: DataConfig, tokenizer: TextTokenizer) -> int
     return size
 
 
+def tokenizer_name(tokenizer: TextTokenizer) -> str:
+    """What the store records as the tokenizer: its `name`, else its model file, else its type."""
+    name = getattr(tokenizer, "name", None) or getattr(tokenizer, "model_file", None)
+    return str(name) if name else type(tokenizer).__name__
+
+
 def _field(record: dict[str, Any], name: str) -> Any:
     if name not in record:
         keys = ", ".join(list(record)[:8])
@@ -374,7 +380,7 @@ def tokenize_to_store(
         report = BadRecordReport.from_dict(progress.get("bad_records", {}), config.bad_record_examples)
     else:
         writer = TokenStoreWriter.create(
-            store_path, tokenizer_name=str(getattr(tokenizer, "name", type(tokenizer).__name__)),
+            store_path, tokenizer_name=tokenizer_name(tokenizer),
             text_vocab_size=encoder.text_vocab_size,
             vision_vocab_size=config.vision_vocab_size if config.format != "text" else 0,
             metadata={"format": config.format, "codebook_size": config.codebook_size,

@@ -108,3 +108,19 @@ def test_generation_prompt(tokenizer):
     assert tokenizer.decode(ids, is_vision) == (
         "<s>You are a helpful assistant. USER: Why?\n<vision><v0><v1><v17></vision> ASSISTANT:")
     assert is_vision.dtype == bool and np.sum(is_vision) == 3
+
+
+def test_projects_sentencepiece_tokenizer_keeps_the_loss_on_the_answer():
+    from lwm.data.text_tokenizer import load_text_tokenizer
+
+    sentencepiece = load_text_tokenizer()
+    record = {"vision": [1, 2], "messages": [{"role": "user", "content": "Describe."},
+                                             {"role": "assistant", "content": "A cat."}]}
+    example = ExampleEncoder(CHAT, sentencepiece)(record)
+    answer = example.tokens[example.loss_mask]
+    assert sentencepiece.decode(answer).strip() == "A cat."
+    assert answer[-1] == sentencepiece.eos_id
+    # The answer's tokens are the ones the tokenizer gives the whole prompt + answer text.
+    prompt = "You are a helpful assistant. USER: Why? ASSISTANT:"
+    pieces = _encode_run(sentencepiece, [(prompt, False), (" Because.", True)])
+    assert pieces[0][0] + pieces[1][0] == sentencepiece.encode(prompt + " Because.")

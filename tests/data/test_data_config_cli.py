@@ -98,10 +98,17 @@ def test_make_qa_command(tmp_path, tokenizer, monkeypatch, capsys):
     assert "examples: {1200:" in capsys.readouterr().out
 
 
-def test_make_qa_needs_a_tokenizer():
-    args, rest = parser().parse_known_args(["make-qa"])
-    with pytest.raises(ConfigError, match="data.tokenizer is empty"):
-        args.func(args, rest)
+def test_make_qa_with_the_projects_tokenizer(tmp_path):
+    documents = tmp_path / "docs.jsonl"
+    text = " ".join(f"Line {i} of the story is about a quiet harbor." for i in range(120))
+    documents.write_text(json.dumps({"text": text}) + "\n")
+    output = tmp_path / "qa.jsonl"
+    args, rest = parser().parse_known_args(
+        ["make-qa", "--qa.input", str(documents), "--qa.output", str(output),
+         "--qa.chunk_tokens", "200", "--qa.target_lengths", "[900]"])
+    assert args.func(args, rest) == 0
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert records and all(450 <= r["num_tokens"] <= 900 for r in records)
 
 
 def test_inspect_store_command(tmp_path, capsys):

@@ -121,3 +121,40 @@ def test_overlong_policies_are_counted():
 def test_build_row_rejects_overfull_rows():
     with pytest.raises(ValueError, match="do not fit"):
         build_row([TokenExample.make([1, 2, 3])] * 2, 5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 30), min_size=1, max_size=20),
+    seq_len=st.integers(4, 16),
+    num_bins=st.integers(1, 4),
+    chunk=st.integers(1, 4),
+    data=st.data(),
+)
+def test_packer_resumes_from_any_row(lengths, seq_len, num_bins, chunk, data):
+    import grain
+
+    from lwm.data.packing import PackIterDataset
+
+    examples = numbered_examples(lengths, 0)
+    groups = [examples[i:i + chunk] for i in range(0, len(examples), chunk)]
+
+    def fresh():
+        source = grain.MapDataset.source(groups).to_iter_dataset()
+        return iter(PackIterDataset(source, seq_len=seq_len, num_bins=num_bins))
+
+    expected = list(fresh())
+    stop = data.draw(st.integers(0, len(expected)))
+    iterator = fresh()
+    for _ in range(stop):
+        next(iterator)
+    state = iterator.get_state()
+    resumed = fresh()
+    resumed.set_state(state)
+    rest = list(resumed)
+    assert len(rest) == len(expected) - stop
+    for got, want in zip(rest, expected[stop:]):
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+    list(iterator)
+    assert resumed.stats == iterator.stats  # the statistics resume too
