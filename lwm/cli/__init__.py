@@ -14,6 +14,8 @@ from collections.abc import Sequence
 # Command-group modules, in the order `lwm --help` lists them.
 COMMAND_MODULES = (
     "lwm.cli.train",
+    "lwm.cli.data",
+    "lwm.cli.vq",
     "lwm.cli.convert",
     "lwm.cli.worldmodels",
 )

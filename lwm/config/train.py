@@ -86,6 +86,8 @@ class LoggingConfig:
     tensorboard: bool = False
     wandb_project: str = ""
     progress_bar: bool = True
+    # Peak FLOP/s per device for MFU; 0 measures this device's float32 matmul rate at start-up.
+    peak_tflops_per_device: float = 0.0
 
     def validate(self) -> None:
         """Raises `ConfigError` for a non-positive interval."""

@@ -37,6 +37,19 @@ def validate_cross_section(config: Any) -> None:
                         f"model.{name}={chunk} does not divide the per-device length "
                         f"data.seq_len/mesh.sp={local}: pick a chunk size that divides {local}"
                     )
+    if model is not None and data is not None and model.has_vision:
+        for name in ("codebook_size", "tokens_per_frame"):
+            if getattr(model, name) != getattr(data, name):
+                raise ConfigError(
+                    f"model.{name}={getattr(model, name)} differs from data.{name}="
+                    f"{getattr(data, name)}: the vision tokens must come from the same VQ tokenizer"
+                )
+    for stage in getattr(config, "stages", ()) or ():
+        if mesh is not None and stage.seq_len and mesh.sp > 0 and stage.seq_len % mesh.sp:
+            raise ConfigError(
+                f"stage {stage.name or '?'}: seq_len={stage.seq_len} is not divisible by "
+                f"mesh.sp={mesh.sp}; use a multiple of {mesh.sp}"
+            )
     if model is not None and mesh is not None and mesh.tp > 0:
         for name, value in (("num_heads", model.num_heads), ("num_kv_heads", model.kv_heads)):
             if value % mesh.tp:

@@ -42,6 +42,25 @@ def dense_causal_attention(
     return out_BTKGD.reshape(batch, seq, heads, head_dim)
 
 
+def sequence_permutation(
+    config: ModelConfig, sequence_parallel: int
+) -> Callable[[dict[str, jax.Array]], dict[str, jax.Array]] | None:
+    """The batch rearrangement a load-balanced ring layout needs, or None.
+
+    Every per-token array (inputs, targets, positions, segment ids, masks) is permuted the same
+    way along the sequence, so the summed loss is unchanged; the ring kernel derives each
+    token's original index from the layout for the causal mask.
+    """
+    if config.attention != "ring" or config.ring_layout == "contiguous" or sequence_parallel == 1:
+        return None
+    from ringattention import to_layout
+
+    def permute(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        return {key: to_layout(value, config.ring_layout, sequence_parallel, axis=1) for key, value in batch.items()}
+
+    return permute
+
+
 def make_attention_fn(config: ModelConfig) -> AttentionFn:
     """The causal attention kernel that `config.attention` names."""
     if config.attention == "dense":

@@ -1,0 +1,38 @@
+"""Multi-host start-up through `jax.distributed` (never a home-made launcher)."""
+
+from __future__ import annotations
+
+import jax
+
+from lwm.config import DistributedConfig
+
+_initialized = False
+
+
+def initialize(config: DistributedConfig) -> None:
+    """Joins the job's processes when `distributed.enabled`; a no-op otherwise or if done.
+
+    With `auto`, JAX reads the cluster from the environment (SLURM, TPU pods, Kubernetes...);
+    otherwise the coordinator address, process count and id come from the config. On CPU the
+    collectives use gloo.
+    """
+    global _initialized
+    if not config.enabled or _initialized:
+        return
+    if config.auto:
+        jax.distributed.initialize()
+    else:
+        if config.local_device_count:
+            jax.config.update("jax_num_cpu_devices", config.local_device_count)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+        )
+    _initialized = True
+
+
+def is_main_process() -> bool:
+    """Whether this is process 0 (the one that prints and writes logs)."""
+    return jax.process_index() == 0

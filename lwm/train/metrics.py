@@ -1,0 +1,104 @@
+"""Training metrics: FLOPs and MFU, and the writers (JSONL always, TensorBoard, W&B).
+
+FLOPs per trained token (forward + backward = 3 × forward, a multiply-add = 2 FLOPs):
+
+    6 · N  +  6 · L · S · E
+
+where N is the number of parameters used per token (all matrices, the embedding lookup
+excluded, the output head included), L the layer count, E the model width and S the packed row
+length. The second term is attention's QKᵀ and AV products: 2 matmuls × 2 FLOPs × S·E per
+query token per layer in the forward, halved because the mask is causal, times 3 for training.
+MFU = achieved FLOPs per second / (peak FLOPs per second per device × devices).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lwm.config import ModelConfig
+
+
+def matmul_parameters(config: ModelConfig) -> int:
+    """Parameters that take part in a matmul per token (embedding lookups excluded)."""
+    E, F, L = config.hidden_size, config.intermediate_size, config.num_layers
+    attention = E * config.num_heads * config.head_dim * 2 + E * config.kv_heads * config.head_dim * 2
+    per_layer = attention + 3 * E * F
+    head = E * config.vocab_size + (E * config.vision_vocab_size if config.has_vision else 0)
+    return L * per_layer + head
+
+
+def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """FLOPs to train on one token: 6·N + 6·L·S·E (see the module docstring)."""
+    return 6.0 * matmul_parameters(config) + 6.0 * config.num_layers * seq_len * config.hidden_size
+
+
+def measure_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
+    """This device's achieved float32 matmul FLOP/s: the peak used for MFU on CPU."""
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2.0 * size**3 / float(np.median(times))
+
+
+class MetricsWriter:
+    """Writes one record per logged step to `metrics.jsonl`, and to TensorBoard / W&B if enabled."""
+
+    def __init__(self, output_dir: str | Path, *, tensorboard: bool = False, wandb_project: str = "",
+                 run_config: dict[str, Any] | None = None, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self._tensorboard = None
+        self._wandb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError as error:
+                raise RuntimeError(
+                    "logging.wandb_project is set but the wandb package is not installed: "
+                    "pip install wandb, or leave logging.wandb_project empty"
+                ) from error
+            self._wandb = wandb.init(project=wandb_project, config=run_config or {})
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        """Appends one record (process 0 only writes; others are disabled)."""
+        if not self.enabled:
+            return
+        record = {"step": step, **{key: float(value) for key, value in metrics.items()}}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            for key, value in metrics.items():
+                self._tensorboard.add_scalar(key, float(value), step)
+        if self._wandb is not None:
+            self._wandb.log(record, step=step)
+
+    def close(self) -> None:
+        """Flushes and closes the optional writers."""
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """The records of a `metrics.jsonl`."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
