@@ -80,6 +80,12 @@ class VQModelConfig:
             )
 
     @property
+    def has_vision(self) -> bool:
+        """Always False: this is the tokenizer, not a language model with LWM's vision vocabulary
+        (the shared cross-section checks find sections by name and ask every `model` this)."""
+        return False
+
+    @property
     def downsample_factor(self) -> int:
         """Pixels per code along each side (16 for the f16 model)."""
         return 2 ** (len(self.channel_mult) - 1)
@@ -169,6 +175,8 @@ class VQCheckpointConfig:
     dir: str = "runs/vq"
     every: int = 500
     keep: int = 2
+    # Continue from the latest step_* in `dir` when there is one.
+    resume: bool = True
 
     def validate(self) -> None:
         """Raises `ConfigError` for a missing directory or non-positive intervals."""

@@ -238,9 +238,12 @@ def _select_by_time(path: Path, fps: float, size: int | None, max_frames: int | 
         if previous is not None and (max_frames is None or len(picked) < max_frames):
             # Targets within the last frame's display time still belong to it.
             last_time, last_frame = previous
-            frame_duration = 1.0 / native if native else 0.0
+            if getattr(last_frame, "duration", None) and last_frame.time_base is not None:
+                frame_duration = float(last_frame.duration * last_frame.time_base)
+            else:
+                frame_duration = 1.0 / native if native else 0.0
             while (max_frames is None or len(picked) < max_frames) and \
-                    start + step / fps < last_time + frame_duration / 2:
+                    start + step / fps < last_time + frame_duration - 1e-6:
                 picked.append(_to_rgb(last_frame, size))
                 step += 1
     finally:

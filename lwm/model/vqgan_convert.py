@@ -307,10 +307,10 @@ def lwm_params_to_ours(flat: Mapping[str, np.ndarray], config: VQModelConfig) ->
         name = re.sub(r"^encoder\.down_(\d+)\.downsample\.conv\.", r"encoder.down_blocks.\1.downsample.", name)
         name = re.sub(r"^decoder\.up_(\d+)\.",
                       lambda match: f"decoder.up_blocks.{levels - 1 - int(match.group(1))}.", name)
-        name = re.sub(r"\.block_(\d+)\.", r".resnets.\1.", name)
-        name = re.sub(r"\.upsample\.conv\.", ".upsample.", name)
         name = re.sub(r"\.mid\.block_1\.", ".mid_block.resnets.0.", name)
         name = re.sub(r"\.mid\.block_2\.", ".mid_block.resnets.1.", name)
+        name = re.sub(r"\.block_(\d+)\.", r".resnets.\1.", name)
+        name = re.sub(r"\.upsample\.conv\.", ".upsample.", name)
         name = re.sub(r"\.mid\.attn_1\.", ".mid_block.attention.", name)
         name = re.sub(r"\.nin_shortcut\.", ".conv_shortcut.", name)
         name = re.sub(r"\.attention\.q\.", ".attention.to_q.", name)

@@ -1,0 +1,207 @@
+"""The Flax VQGAN against diffusers' PyTorch `VQModel`: weights imported from a save_pretrained
+folder and from an LWM-layout parameter file give identical codes and matching pixels; the
+parameter-file loader refuses pickles that would run code."""
+
+import os
+import pickle
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import jax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from lwm.model.vqgan_convert import (  # noqa: E402
+    UnsafeFileError,
+    WeightMappingError,
+    diffusers_config_to_vq,
+    load_lwm_vqgan,
+    load_param_file,
+    load_vq_tokenizer,
+)
+
+TINY = dict(
+    block_out_channels=(32, 32, 64),
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    layers_per_block=1,
+    latent_channels=8,
+    vq_embed_dim=8,
+    num_vq_embeddings=64,
+    norm_num_groups=8,
+)
+VARIANTS = {
+    "amused-like": dict(norm_type="group", mid_block_add_attention=False),
+    "attention-spatial": dict(norm_type="spatial", mid_block_add_attention=True),
+    "attention-group": dict(norm_type="group", mid_block_add_attention=True),
+}
+
+
+def _reference(variant: str, seed: int = 0):
+    """A random tiny diffusers VQModel with a codebook drawn from its own latents (so that the
+    codes are diverse), some uint8 frames, and diffusers' codes and decoded pixels for them."""
+    torch.manual_seed(seed)
+    model = diffusers.VQModel(**TINY, **VARIANTS[variant]).eval()
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    frames[:2, 8:20, 4:28] = (250, 20, 20)  # some structure besides noise
+    pixels = torch.from_numpy(frames.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 1:  # non-trivial norm scales and biases
+                parameter.add_(0.1 * torch.randn_like(parameter))
+        latents = model.encode(pixels).latents
+        flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+        chosen = flat[torch.randperm(len(flat))[: TINY["num_vq_embeddings"]]]
+        model.quantize.embedding.weight.copy_(chosen + 0.05 * torch.randn_like(chosen))
+        _, _, (_, _, indices) = model.quantize(latents)
+        codes = indices.reshape(latents.shape[0], latents.shape[2], latents.shape[3]).numpy()
+        decoded = model.decode(latents).sample.permute(0, 2, 3, 1).numpy()
+    return model, frames, codes, decoded
+
+
+def _decode_float(vqgan, codes):
+    return np.asarray(nnx.jit(lambda model, codes: model.decode(codes))(vqgan, codes))
+
+
+@pytest.mark.parametrize("variant", ["amused-like", "attention-spatial"])
+def test_diffusers_folder_parity(tmp_path, variant):
+    model, frames, codes, decoded = _reference(variant)
+    model.save_pretrained(tmp_path / "vq")
+    tokenizer = load_vq_tokenizer(tmp_path / "vq", resolution=32, batch_size=4)
+    assert tokenizer.config.norm_type == VARIANTS[variant]["norm_type"]
+    assert tokenizer.config.downsample_factor == 4 and tokenizer.tokens_per_frame == 64
+
+    ours = tokenizer.encode(frames)
+    assert ours.dtype == np.int32 and ours.shape == codes.shape == (4, 8, 8)
+    assert len(np.unique(codes)) >= 16
+    np.testing.assert_array_equal(ours, codes)
+
+    pixels = _decode_float(tokenizer.model, ours)
+    assert np.abs(pixels - decoded).max() < 1e-4
+    frames_back = tokenizer.decode(ours)
+    assert frames_back.dtype == np.uint8 and frames_back.shape == frames.shape
+    expected = np.clip(np.rint((decoded + 1) * 127.5), 0, 255)
+    assert np.abs(frames_back.astype(int) - expected).max() <= 1
+
+
+def _taming_name(key: str, levels: int) -> str:
+    """diffusers name -> LWM/taming flax name (written independently of the library's mapping)."""
+    name = key
+    name = re.sub(r"^decoder\.up_blocks\.(\d+)\.",
+                  lambda m: f"decoder.up_{levels - 1 - int(m.group(1))}.", name)
+    name = re.sub(r"^encoder\.down_blocks\.(\d+)\.", r"encoder.down_\1.", name)
+    name = re.sub(r"\.resnets\.(\d+)\.", lambda m: f".block_{m.group(1)}.", name)
+    name = name.replace("mid_block.block_0.", "mid.block_1.").replace("mid_block.block_1.", "mid.block_2.")
+    name = name.replace("mid_block.attentions.0.group_norm.", "mid.attn_1.norm.")
+    name = re.sub(r"mid_block\.attentions\.0\.to_(q|k|v)\.", r"mid.attn_1.\1.", name)
+    name = name.replace("mid_block.attentions.0.to_out.0.", "mid.attn_1.proj_out.")
+    name = name.replace("downsamplers.0.conv.", "downsample.conv.")
+    name = name.replace("upsamplers.0.conv.", "upsample.conv.")
+    name = name.replace("conv_shortcut.", "nin_shortcut.").replace("conv_norm_out.", "norm_out.")
+    return name.replace("quantize.embedding.weight", "quantize.embeddings")
+
+
+def _lwm_tree(model) -> dict:
+    """The model's weights as LWM's flax VQGAN stores them: {'params': nested dict}."""
+    levels = len(TINY["block_out_channels"])
+    tree: dict = {}
+    for key, tensor in model.state_dict().items():
+        value = tensor.numpy()
+        name = _taming_name(key, levels)
+        if name.endswith(".weight"):
+            if value.ndim == 4:
+                name, value = name[:-7] + ".kernel", value.transpose(2, 3, 1, 0)
+            elif value.ndim == 2:  # taming's attention q/k/v/proj_out are 1x1 convolutions
+                name, value = name[:-7] + ".kernel", value.T[None, None]
+            else:
+                name = name[:-7] + ".scale"
+        node = tree
+        *parents, leaf = name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = np.ascontiguousarray(value)
+    return {"params": tree}
+
+
+# LWM's VQGAN uses group norms; its config can switch the mid-block attention on.
+@pytest.mark.parametrize(("fmt", "variant"), [("msgpack", "amused-like"),
+                                              ("pickle", "attention-group")])
+def test_lwm_parameter_file_parity(tmp_path, fmt, variant):
+    model, frames, codes, decoded = _reference(variant, seed=1)
+    tree = _lwm_tree(model)
+    path = tmp_path / "vqgan"
+    if fmt == "msgpack":
+        from flax import serialization
+
+        path.write_bytes(serialization.msgpack_serialize(tree))
+    else:
+        path.write_bytes(pickle.dumps(tree, protocol=4))
+    config = diffusers_config_to_vq(dict(model.config), resolution=32)
+    vqgan = load_lwm_vqgan(path, config)
+    ours = np.asarray(nnx.jit(lambda model, x: model.encode(x))(vqgan, frames / 127.5 - 1.0))
+    np.testing.assert_array_equal(ours, codes)
+    assert np.abs(_decode_float(vqgan, ours) - decoded).max() < 1e-4
+
+
+def test_lwm_file_with_wrong_names_is_reported(tmp_path):
+    from flax import serialization
+
+    path = tmp_path / "vqgan"
+    path.write_bytes(serialization.msgpack_serialize({"params": {"encoder": {"oops": np.zeros(3)}}}))
+    config = diffusers_config_to_vq(dict(TINY), resolution=32)
+    with pytest.raises(WeightMappingError, match="missing .*unexpected .*encoder.oops"):
+        load_lwm_vqgan(path, config)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "vqgan.pkl"
+    path.write_bytes(pickle.dumps({"params": {"kernel": np.ones(2), "x": _RunsCode(marker)}}))
+    with pytest.raises(UnsafeFileError, match=r"vqgan\.pkl.*(posix|os)\.system"):
+        load_param_file(path)
+    assert not marker.exists()
+    # Other ways of reaching code are refused the same way.
+    path.write_bytes(pickle.dumps({"f": eval}))
+    with pytest.raises(UnsafeFileError, match="builtins.eval"):
+        load_param_file(path)
+    path.write_bytes(pickle.dumps({"s": "a string, not an array"}))
+    with pytest.raises(UnsafeFileError, match="str"):
+        load_param_file(path)
+    torch.save({"w": torch.ones(2)}, tmp_path / "torch.pt")  # a zip with pickled torch storages
+    with pytest.raises(ValueError, match="torch.pt"):
+        load_param_file(tmp_path / "torch.pt")
+    # Plain arrays, the legitimate content, still load (protocol 2 and 5 included).
+    for protocol in (2, 5):
+        path.write_bytes(pickle.dumps({"a": {"b": np.arange(6, dtype=np.float32).reshape(2, 3)}},
+                                      protocol=protocol))
+        loaded = load_param_file(path)
+        np.testing.assert_array_equal(loaded["a"]["b"], np.arange(6).reshape(2, 3))
+
+
+def test_tokenizer_input_checks(tmp_path):
+    model, frames, _, _ = _reference("amused-like")
+    model.save_pretrained(tmp_path / "vq")
+    tokenizer = load_vq_tokenizer(tmp_path / "vq", resolution=32, batch_size=4)
+    with pytest.raises(ValueError, match="multiple of the downsampling factor 4"):
+        tokenizer.encode(np.zeros((1, 30, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 64\)"):
+        tokenizer.decode(np.full((1, 8, 8), 64))
+    assert tokenizer.encode(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0, 8, 8)
+    # Batches larger than batch_size and ragged tails give the same codes as one by one.
+    many = np.concatenate([frames, frames[:3]])
+    codes = tokenizer.encode(many)
+    np.testing.assert_array_equal(codes[4:], codes[:3])
+    assert jax.numpy.asarray(codes).shape == (7, 8, 8)
