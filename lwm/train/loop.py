@@ -187,9 +187,13 @@ def train_stage(
             stop_now = stop_after_steps is not None and step - start_step >= stop_after_steps
             if step % config.logging.log_every == 0 or save_now or stop_now:
                 metrics_host = {key: float(value) for key, value in jax.device_get(metrics).items()}
-                if not math.isfinite(metrics_host["loss"]):
+                # The new parameters must be finite too, or the checkpoint about to be written
+                # would be poisoned even though this step's loss (of the old parameters) was fine.
+                bad = [key for key in ("loss", "grad_norm", "param_norm") if not math.isfinite(metrics_host[key])]
+                if bad:
                     raise NonFiniteLossError(
-                        f"loss is {metrics_host['loss']} at step {step} (stage {stage_name or 'main'}); "
+                        f"{', '.join(f'{key} is {metrics_host[key]}' for key in bad)} at step {step} "
+                        f"(stage {stage_name or 'main'}); "
                         f"the last good checkpoint in {checkpoint_dir} is intact: lower train.lr or "
                         f"check the data, then resume"
                     )

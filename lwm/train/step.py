@@ -83,15 +83,19 @@ def make_train_step(
                 lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), dict(batch)
             )
             zero_grads = jax.tree.map(jnp.zeros_like, params)
-            zero_sums = jax.eval_shape(lambda: forward_sums(nnx.merge(graphdef, params), jax.tree.map(lambda x: x[0], micro_batches)))
-            zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_sums)
+            zero_sums = {
+                f"{modality}_{name}": jnp.zeros((), jnp.float32)
+                for modality in ("text", "vision")
+                for name in ("loss_sum", "correct", "count", "out_of_range", "no_head")
+            }
 
             def accumulate(carry, micro):
-                grads_sum, sums_sum = carry
-                (_, sums), grads = grad_fn(params, micro, text_scale, vision_scale)
-                return (jax.tree.map(jnp.add, grads_sum, grads), add_sums(sums_sum, sums)), None
+                # The parameters ride in the carry so that NNX sees them at the scan's trace level.
+                params_in, grads_sum, sums_sum = carry
+                (_, sums), grads = grad_fn(params_in, micro, text_scale, vision_scale)
+                return (params_in, jax.tree.map(jnp.add, grads_sum, grads), add_sums(sums_sum, sums)), None
 
-            (grads, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_sums), micro_batches)
+            (_, grads, sums), _ = jax.lax.scan(accumulate, (params, zero_grads, zero_sums), micro_batches)
         _, metrics = weighted_loss(sums, text_weight, vision_weight)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
