@@ -69,7 +69,9 @@ def check_qkv(q, k, v, name: str = "attention") -> None:
         )
 
 
-def resolve_chunk(chunk_size: int, length: int, what: str, limit: Optional[int] = None) -> int:
+def resolve_chunk(
+    chunk_size: int, length: int, what: str, limit: Optional[int] = None, length_name: str = "sequence length"
+) -> int:
     """Clamp ``chunk_size`` to ``limit`` (default ``length``) and check it divides ``length``.
 
     A chunk larger than the sequence it cuts is clamped down, because one chunk then covers it
@@ -81,7 +83,7 @@ def resolve_chunk(chunk_size: int, length: int, what: str, limit: Optional[int] 
     chunk_size = min(chunk_size, limit)
     if length % chunk_size:
         raise ValueError(
-            f"{what}={chunk_size} does not divide the sequence length {length}; "
+            f"{what}={chunk_size} does not divide the {length_name} {length}; "
             f"choose a {what} that divides {length} or pad the sequence to a multiple of {chunk_size}"
         )
     return chunk_size

@@ -153,8 +153,9 @@ def _ring_config(q, k, v, axis_name, causal, query_chunk_size, key_chunk_size, s
             )
         # A chunk must not straddle the two zigzag pieces, or no block could be skipped.
         limit = local_len // 2
-    cq = resolve_chunk(query_chunk_size, local_len, "query_chunk_size", limit)
-    ck = resolve_chunk(key_chunk_size, local_len, "key_chunk_size", limit)
+    local_name = "local sequence length (per device)"
+    cq = resolve_chunk(query_chunk_size, local_len, "query_chunk_size", limit, local_name)
+    ck = resolve_chunk(key_chunk_size, local_len, "key_chunk_size", limit, local_name)
     if layout == "zigzag" and (limit % cq or limit % ck):
         raise ValueError(
             f"layout 'zigzag': query_chunk_size={cq} and key_chunk_size={ck} must divide half the "

@@ -1,0 +1,90 @@
+"""Decoding against a KV cache: ring (sharded) and single device, and cache updates."""
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from conftest import assert_close, make_mesh, random_qkv
+from ringattention import decode_attention, dense_attention, ring_decode_attention, update_cache, update_sharded_cache
+
+CACHE, DEVICES, Q_LEN = 64, 4, 3
+LENGTHS = np.array([37, 50])
+
+
+def _prefix_reference(q, k, v, causal):
+    """Dense attention of each row's queries over that row's filled prefix only."""
+    rows = []
+    for b, length in enumerate(LENGTHS):
+        rows.append(dense_attention(q[b:b + 1], k[b:b + 1, :length], v[b:b + 1, :length], causal=causal))
+    return jnp.concatenate(rows)
+
+
+def _ring_decode(q, k, v, positions, causal):
+    mesh = make_mesh(DEVICES)
+    cache_spec = P(None, "sp")
+    local = lambda q, k, v, pos, lengths: ring_decode_attention(
+        q, k, v, axis_name="sp", q_positions=pos, cache_length=lengths, causal=causal, key_chunk_size=8)
+    run = jax.shard_map(local, mesh=mesh, in_specs=(P(), cache_spec, cache_spec, P(), P()), out_specs=P())
+    return jax.jit(run)(q, k, v, positions, jnp.asarray(LENGTHS))
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_ring_and_single_device_decode_equal_attention_over_prefix(causal):
+    _, k, v, _ = random_qkv(seq=CACHE, heads=4, kv_heads=2, seed=11)
+    q, _, _, _ = random_qkv(seq=Q_LEN, heads=4, kv_heads=2, seed=12)
+    # The queries are the last Q_LEN tokens of each row's prefix.
+    positions = jnp.asarray(LENGTHS[:, None] - Q_LEN + np.arange(Q_LEN)[None, :], jnp.int32)
+    expected = _prefix_reference(q, k, v, causal)
+    assert_close(_ring_decode(q, k, v, positions, causal), expected, 1e-5, "ring decode")
+    single = decode_attention(q, k, v, q_positions=positions, cache_length=jnp.asarray(LENGTHS), causal=causal,
+                              key_chunk_size=16)
+    assert_close(single, expected, 1e-5, "single-device decode")
+
+
+def test_sharded_cache_update_writes_only_the_owning_shard():
+    mesh = make_mesh(DEVICES)
+    cache_spec = P(None, "sp")
+    _, k_cache, v_cache, _ = random_qkv(seq=CACHE, heads=2, kv_heads=2, seed=13)
+    _, k_new, v_new, _ = random_qkv(seq=2, heads=2, kv_heads=2, seed=14)
+    # Row 0 straddles the boundary between devices 0 and 1; row 1 lands on device 2.
+    positions = jnp.array([[15, 16], [40, 41]], jnp.int32)
+
+    def local(k_cache, v_cache, k_new, v_new, positions):
+        before = k_cache
+        k_cache, v_cache = update_sharded_cache(k_cache, v_cache, k_new, v_new, positions, axis_name="sp")
+        changed_rows = jnp.any(k_cache != before, axis=(2, 3)).sum(axis=1)  # [batch] on this device
+        return k_cache, v_cache, changed_rows[None]
+
+    run = jax.shard_map(local, mesh=mesh, in_specs=(cache_spec, cache_spec, P(), P(), P()),
+                        out_specs=(cache_spec, cache_spec, P("sp")))
+    k_out, v_out, changed = jax.jit(run)(k_cache, v_cache, k_new, v_new, positions)
+    # Entries written per device and batch row: device 0 and 1 one each for row 0, device 2 two for row 1.
+    np.testing.assert_array_equal(np.asarray(changed), [[1, 0], [1, 0], [0, 2], [0, 0]])
+    k_expected, v_expected = update_cache(k_cache, v_cache, k_new, v_new, positions)
+    np.testing.assert_array_equal(np.asarray(k_out), np.asarray(k_expected))
+    np.testing.assert_array_equal(np.asarray(v_out), np.asarray(v_expected))
+    np.testing.assert_array_equal(np.asarray(k_out)[0, 15:17], np.asarray(k_new)[0])
+    np.testing.assert_array_equal(np.asarray(v_out)[1, 40:42], np.asarray(v_new)[1])
+
+
+def test_decode_step_by_step_matches_causal_attention():
+    """Prefill with update_cache, then decode one token at a time: equals causal attention."""
+    q, k, v, _ = random_qkv(batch=1, seq=16, heads=2, kv_heads=1, seed=15)
+    k_cache = jnp.zeros((1, 32, 1, 16))
+    v_cache = jnp.zeros((1, 32, 1, 16))
+    k_cache, v_cache = update_cache(k_cache, v_cache, k[:, :12], v[:, :12], jnp.arange(12)[None])
+    outputs = []
+    for t in range(12, 16):
+        k_cache, v_cache = update_cache(k_cache, v_cache, k[:, t:t + 1], v[:, t:t + 1], jnp.array([[t]]))
+        outputs.append(decode_attention(q[:, t:t + 1], k_cache, v_cache, q_positions=jnp.array([[t]]),
+                                        cache_length=t + 1, key_chunk_size=8))
+    assert_close(jnp.concatenate(outputs, axis=1), dense_attention(q, k, v)[:, 12:], 1e-5, "step decode")
+
+
+def test_decode_refuses_bad_positions():
+    q, k, v, _ = random_qkv(seq=8, heads=2, kv_heads=2)
+    with pytest.raises(ValueError, match=r"q_positions must be int \[batch, q_len\]"):
+        decode_attention(q, k, v, q_positions=jnp.arange(8))
