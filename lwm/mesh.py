@@ -154,3 +154,34 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
         return x
     rules = _active_rules[-1] if _active_rules else DEFAULT_RULES
     return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh, rules))
+
+
+def shard_over_sequence(
+    local_attention: Any, mesh: Any, q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array,
+    segment_ids_BT: jax.Array,
+) -> jax.Array:
+    """Runs a per-shard attention (ring attention over `sp`) inside `jax.shard_map`.
+
+    The sequence must split evenly over `sp`; batch and heads follow the activation rules.
+    """
+    sequence_parallel = mesh.shape["sp"]
+    if q_BTHD.shape[1] % sequence_parallel:
+        raise ValueError(
+            f"sequence length {q_BTHD.shape[1]} is not divisible by mesh axis sp={sequence_parallel}: "
+            f"ring attention gives every sequence-parallel device an equal block"
+        )
+    rules = _active_rules[-1] if _active_rules else DEFAULT_RULES
+    q_spec = logical_to_spec(("batch", "seq", "act_heads", None), q_BTHD.shape, mesh, rules)
+    kv_spec = logical_to_spec(("batch", "seq", "act_kv_heads", None), k_BTKD.shape, mesh, rules)
+    if q_spec[2] != kv_spec[2]:
+        # Query and key heads must split the same way so each device keeps whole groups.
+        q_spec = PartitionSpec(q_spec[0], q_spec[1], None, None)
+        kv_spec = PartitionSpec(kv_spec[0], kv_spec[1], None, None)
+    segment_spec = PartitionSpec(q_spec[0], q_spec[1])
+    return jax.shard_map(
+        local_attention,
+        mesh=mesh,
+        in_specs=(q_spec, kv_spec, kv_spec, segment_spec),
+        out_specs=q_spec,
+        check_vma=False,
+    )(q_BTHD, k_BTKD, v_BTKD, segment_ids_BT)

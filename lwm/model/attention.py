@@ -1,45 +1,26 @@
 """The attention interface the model calls, and its kernels.
 
 Every kernel takes `q [batch, seq, heads, head_dim]`, `k`/`v [batch, seq, kv_heads, head_dim]`
-and `segment_ids [batch, seq]` (equal ids attend, 0 is padding) and returns
-`[batch, seq, heads, head_dim]`, causal. `dense` is the O(S²) reference; `blockwise` and `ring`
-come from the standalone `ringattention` library.
+and `segment_ids [batch, seq]` (equal ids attend; 0 is padding, which attends nothing and is
+never attended) and returns `[batch, seq, heads, head_dim]`, causal. All three come from the
+standalone `ringattention` library: `dense` is the O(S²) reference, `blockwise` computes
+chunk by chunk in O(S·chunk) memory, and `ring` shards the sequence over the mesh's `sp` axis
+(falling back to `blockwise` when `sp` is 1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import functools
+
 import jax
-import jax.numpy as jnp
+from ringattention import blockwise_attention, dense_attention, ring_attention
 
 from lwm.config import ModelConfig
+from lwm.mesh import shard_over_sequence
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
-
-
-def dense_causal_attention(
-    q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array, segment_ids_BT: jax.Array
-) -> jax.Array:
-    """Reference causal attention with packed-sequence masking and grouped-query heads.
-
-    Scores and softmax are computed in float32 whatever the input dtype.
-    """
-    batch, seq, heads, head_dim = q_BTHD.shape
-    kv_heads = k_BSKD.shape[2]
-    groups = heads // kv_heads
-    q_BTKGD = q_BTHD.reshape(batch, seq, kv_heads, groups, head_dim)
-    scores_BKGTS = jnp.einsum(
-        "btkgd,bskd->bkgts", q_BTKGD, k_BSKD, preferred_element_type=jnp.float32
-    ) / jnp.sqrt(jnp.float32(head_dim))
-    index = jnp.arange(seq)
-    causal_TS = index[:, None] >= index[None, :]
-    same_segment_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
-    mask_B11TS = (causal_TS[None] & same_segment_BTS)[:, None, None]
-    scores_BKGTS = jnp.where(mask_B11TS, scores_BKGTS, jnp.finfo(jnp.float32).min)
-    weights_BKGTS = jax.nn.softmax(scores_BKGTS, axis=-1)
-    out_BTKGD = jnp.einsum("bkgts,bskd->btkgd", weights_BKGTS.astype(v_BSKD.dtype), v_BSKD)
-    return out_BTKGD.reshape(batch, seq, heads, head_dim)
 
 
 def sequence_permutation(
@@ -64,7 +45,23 @@ def sequence_permutation(
 def make_attention_fn(config: ModelConfig) -> AttentionFn:
     """The causal attention kernel that `config.attention` names."""
     if config.attention == "dense":
-        return dense_causal_attention
-    raise NotImplementedError(
-        f"model.attention={config.attention!r} is not available yet; use 'dense'"
+        return lambda q, k, v, segment_ids: dense_attention(q, k, v, causal=True, segment_ids=segment_ids)
+    blockwise = functools.partial(
+        blockwise_attention, causal=True, query_chunk_size=config.query_chunk_size,
+        key_chunk_size=config.key_chunk_size,
     )
+    if config.attention == "blockwise":
+        return lambda q, k, v, segment_ids: blockwise(q, k, v, segment_ids=segment_ids)
+    ring = functools.partial(
+        ring_attention, axis_name="sp", causal=True, query_chunk_size=config.query_chunk_size,
+        key_chunk_size=config.key_chunk_size, layout=config.ring_layout,
+    )
+
+    def ring_or_blockwise(q, k, v, segment_ids):
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty or "sp" not in mesh.axis_names or mesh.shape["sp"] == 1:
+            return blockwise(q, k, v, segment_ids=segment_ids)
+        local = lambda q, k, v, s: ring(q, k, v, segment_ids=s)
+        return shard_over_sequence(local, mesh, q, k, v, segment_ids)
+
+    return ring_or_blockwise
