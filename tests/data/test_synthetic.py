@@ -85,6 +85,19 @@ def test_default_config_validates():
         config.validate()
 
 
+def test_config_loads_from_yaml_with_overrides(tmp_path):
+    from lwm.config import load_config
+
+    path = tmp_path / "world.yaml"
+    path.write_text("seed: 3\nshape_size: [6, 10]\nspeed: [1, 2]\ncolours: [red, blue, green]\n"
+                    "document_chars: 2000\n")
+    config = load_config(SyntheticWorldConfig, path, ["--num_frames", "12"])
+    assert (config.seed, config.shape_size, config.speed, config.num_frames) == (3, (6, 10), (1, 2), 12)
+    assert config.colours == ("red", "blue", "green") and config.document_chars == 2000
+    with pytest.raises(ConfigError, match="speed max 7"):
+        load_config(SyntheticWorldConfig, path, ["--speed", "[1, 7]"])
+
+
 @pytest.mark.parametrize("changes,words", [
     ({"frame_size": 16, "shape_size": (8, 12)}, ["frame_size=16", "too small", "shape_size"]),
     ({"shape_size": (2, 8)}, ["shape_size min 2", "frame_size/8"]),
@@ -298,8 +311,12 @@ def check_needles(document, depths):
 
 @pytest.mark.parametrize("depth", [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
 def test_single_needle_at_its_depth(depth):
-    document = make_passkey_document(np.random.default_rng(0), depths=[depth], num_sentences=80)
+    document = make_passkey_document(np.random.default_rng(0), depths=[depth], num_sentences=300)
     check_needles(document, [depth])
+    # The nearest sentence boundary to the depth, measured in characters of filler.
+    filler = len(document.text) - len(document.needles[0].sentence) - 1
+    longest = max(len(s) for s in re.split(r"(?<=\.) ", document.text)) + 1
+    assert abs(document.offset - depth * filler) <= longest / 2 + 1
     if depth == 0.0:
         assert document.offset == 0
     if depth == 1.0:
