@@ -120,44 +120,61 @@ def merge_kv_mask(segment_ids, kv_segment_ids, kv_mask, q_len: int, kv_len: int,
 
 
 # ----------------------------------------------------------------------------- chunk layout
+#
+# Matmul operands are laid out so that every dot is a plain batched [M, K] x [K, N] product:
+# XLA's CPU backend otherwise materialises a transpose of the [cq, ck] score block per block.
+# Queries of the G heads that share a KV head are stacked into one row axis M = G * cq.
 
 
 def chunk_queries(q_BTHD, num_kv_heads: int, chunk: int):
-    """``[B, T, H, D]`` -> ``[T/c, B, KV, G, c, D]`` with ``G = H / KV`` query heads per KV head."""
+    """``[B, T, H, D]`` -> ``[T/c, B, KV, G*c, D]``; row ``g*c + i`` is head ``g``, token ``i``."""
     b, t, h, d = q_BTHD.shape
     g = h // num_kv_heads
-    return q_BTHD.reshape(b, t // chunk, chunk, num_kv_heads, g, d).transpose(1, 0, 3, 4, 2, 5)
+    x = q_BTHD.reshape(b, t // chunk, chunk, num_kv_heads, g, d).transpose(1, 0, 3, 4, 2, 5)
+    return x.reshape(t // chunk, b, num_kv_heads, g * chunk, d)
 
 
-def unchunk_queries(x_NBKGCD):
+def unchunk_queries(x_NBKMD, chunk: int):
     """Inverse of :func:`chunk_queries`."""
-    n, b, kv, g, c, d = x_NBKGCD.shape
-    return x_NBKGCD.transpose(1, 0, 4, 2, 3, 5).reshape(b, n * c, kv * g, d)
+    n, b, kv, m, d = x_NBKMD.shape
+    g = m // chunk
+    return x_NBKMD.reshape(n, b, kv, g, chunk, d).transpose(1, 0, 4, 2, 3, 5).reshape(b, n * chunk, kv * g, d)
 
 
-def chunk_keys(k_BTKD, chunk: int):
-    """``[B, T, KV, D]`` -> ``[T/c, B, KV, c, D]``."""
+def chunk_keys(k_BTKD, chunk: int, transpose: bool = False):
+    """``[B, T, KV, D]`` -> ``[T/c, B, KV, c, D]``, or ``[T/c, B, KV, D, c]`` if ``transpose``."""
     b, t, kv, d = k_BTKD.shape
-    return k_BTKD.reshape(b, t // chunk, chunk, kv, d).transpose(1, 0, 3, 2, 4)
+    x = k_BTKD.reshape(b, t // chunk, chunk, kv, d)
+    return x.transpose(1, 0, 3, 4, 2) if transpose else x.transpose(1, 0, 3, 2, 4)
 
 
-def unchunk_keys(x_NBKCD):
+def unchunk_keys(x, transposed: bool = False):
     """Inverse of :func:`chunk_keys`."""
-    n, b, kv, c, d = x_NBKCD.shape
-    return x_NBKCD.transpose(1, 0, 3, 2, 4).reshape(b, n * c, kv, d)
+    if transposed:
+        n, b, kv, d, c = x.shape
+        return x.transpose(1, 0, 4, 2, 3).reshape(b, n * c, kv, d)
+    n, b, kv, c, d = x.shape
+    return x.transpose(1, 0, 3, 2, 4).reshape(b, n * c, kv, d)
 
 
-def chunk_positions(pos_T, chunk: int):
-    """``[T]`` -> ``[T/c, c]``."""
-    return pos_T.reshape(-1, chunk)
+def swap_last(x):
+    """Swap the two minor axes (``[..., c, D]`` <-> ``[..., D, c]``)."""
+    return jnp.swapaxes(x, -1, -2)
 
 
-def chunk_segments(seg_BT, chunk: int):
-    """``[B, T]`` -> ``[T/c, B, c]``; None stays None."""
+def chunk_positions(pos_T, chunk: int, groups: int = 1):
+    """``[T]`` -> ``[T/c, groups*c]`` (repeated per query head group, matching the row axis)."""
+    x = pos_T.reshape(-1, chunk)
+    return jnp.tile(x, (1, groups)) if groups > 1 else x
+
+
+def chunk_segments(seg_BT, chunk: int, groups: int = 1):
+    """``[B, T]`` -> ``[T/c, B, groups*c]``; None stays None."""
     if seg_BT is None:
         return None
     b, t = seg_BT.shape
-    return seg_BT.reshape(b, t // chunk, chunk).transpose(1, 0, 2)
+    x = seg_BT.reshape(b, t // chunk, chunk).transpose(1, 0, 2)
+    return jnp.tile(x, (1, 1, groups)) if groups > 1 else x
 
 
 # ----------------------------------------------------------------------------- block kinds
@@ -202,14 +219,14 @@ def count_computed(kinds_QK):
     return jnp.sum(kinds_QK != SKIP).astype(jnp.int32)
 
 
-def _block_mask(q_pos_C, k_pos_C, q_seg_BC, k_seg_BC, causal: bool):
-    """Visibility of one block, broadcastable to ``[B, KV, G, cq, ck]``."""
+def _block_mask(q_pos_M, k_pos_C, q_seg_BM, k_seg_BC, causal: bool):
+    """Visibility of one block, broadcastable to ``[B, KV, M, ck]``."""
     mask = None
     if causal:
-        mask = (q_pos_C[:, None] >= k_pos_C[None, :])[None, None, None]
-    if q_seg_BC is not None:
-        seg = (q_seg_BC[:, :, None] == k_seg_BC[:, None, :]) & (k_seg_BC[:, None, :] != 0)
-        seg = seg[:, None, None]
+        mask = (q_pos_M[:, None] >= k_pos_C[None, :])[None, None]
+    if q_seg_BM is not None:
+        seg = (q_seg_BM[:, :, None] == k_seg_BC[:, None, :]) & (k_seg_BC[:, None, :] != 0)
+        seg = seg[:, None]
         mask = seg if mask is None else mask & seg
     return mask
 
@@ -218,21 +235,25 @@ def _can_mask(causal: bool, q_seg) -> bool:
     return causal or q_seg is not None
 
 
+def _dot(a, b):
+    """Batched ``[..., M, K] x [..., K, N]`` with float32 accumulation."""
+    return jnp.einsum("bkmx,bkxn->bkmn", a, b, preferred_element_type=jnp.float32)
+
+
 # ----------------------------------------------------------------------------- forward
 
 
 def init_state(q_chunks, v_dim: int):
     """Zero accumulator, -inf running max and zero denominator for chunked queries."""
     stats = jnp.zeros_like(q_chunks[..., 0], dtype=jnp.float32)
-    acc = jnp.zeros_like(q_chunks[..., :1], dtype=jnp.float32)
-    acc = jnp.broadcast_to(acc, q_chunks.shape[:-1] + (v_dim,))
+    acc = jnp.broadcast_to(stats[..., None], stats.shape + (v_dim,))
     return acc, stats - jnp.inf, stats
 
 
-def _fwd_block(kind, carry, q, k, v, q_pos, k_pos, q_seg, k_seg, causal: bool):
+def _fwd_block(kind, carry, q, k_t, v, q_pos, k_pos, q_seg, k_seg, causal: bool):
     def compute(masked):
         acc, m_old, l_old = carry
-        s = jnp.einsum("bkgqd,bkcd->bkgqc", q, k, preferred_element_type=jnp.float32)
+        s = _dot(q, k_t)
         if masked:
             s = jnp.where(_block_mask(q_pos, k_pos, q_seg, k_seg, causal), s, -jnp.inf)
         m_new = jnp.maximum(m_old, jnp.max(s, axis=-1))
@@ -242,18 +263,19 @@ def _fwd_block(kind, carry, q, k, v, q_pos, k_pos, q_seg, k_seg, causal: bool):
         p = jnp.exp(s - m_new[..., None])
         correction = jnp.exp(m_old - m_new)
         l_new = l_old * correction + jnp.sum(p, axis=-1)
-        pv = jnp.einsum("bkgqc,bkcd->bkgqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-        return acc * correction[..., None] + pv, m_new, l_new
+        return acc * correction[..., None] + _dot(p.astype(v.dtype), v), m_new, l_new
 
     if not _can_mask(causal, q_seg):
         return compute(False)
     return lax.switch(kind, [lambda: carry, lambda: compute(False), lambda: compute(True)])
 
 
-def forward_step(state, q_c, q_pos_c, q_seg_c, k_c, v_c, k_pos_c, k_seg_c, causal: bool):
+def forward_step(state, q_c, q_pos_c, q_seg_c, k_t_c, v_c, k_pos_c, k_seg_c, causal: bool):
     """Fold one set of key chunks into the online-softmax ``state`` of all query chunks.
 
-    Returns ``(state, computed)`` where ``computed`` counts the blocks that were not skipped.
+    ``q_c [nq, B, KV, M, D]`` (already scaled), ``k_t_c [nk, B, KV, D, ck]`` (keys transposed),
+    ``v_c [nk, B, KV, ck, Dv]``. Returns ``(state, computed)`` where ``computed`` counts the
+    blocks that were not skipped.
     """
     kinds = block_kinds(q_pos_c, k_pos_c, causal, q_seg_c, k_seg_c)
 
@@ -261,10 +283,10 @@ def forward_step(state, q_c, q_pos_c, q_seg_c, k_c, v_c, k_pos_c, k_seg_c, causa
         q, q_pos, q_seg, acc, m, l, kind_row = xs
 
         def key_chunk(carry, ys):
-            k, v, k_pos, k_seg, kind = ys
-            return _fwd_block(kind, carry, q, k, v, q_pos, k_pos, q_seg, k_seg, causal), None
+            k_t, v, k_pos, k_seg, kind = ys
+            return _fwd_block(kind, carry, q, k_t, v, q_pos, k_pos, q_seg, k_seg, causal), None
 
-        carry, _ = lax.scan(key_chunk, (acc, m, l), (k_c, v_c, k_pos_c, k_seg_c, kind_row))
+        carry, _ = lax.scan(key_chunk, (acc, m, l), (k_t_c, v_c, k_pos_c, k_seg_c, kind_row))
         return None, carry
 
     _, state = lax.scan(query_chunk, None, (q_c, q_pos_c, q_seg_c, *state, kinds))
@@ -285,58 +307,73 @@ def finalize(state, dtype):
 # ----------------------------------------------------------------------------- backward
 
 
-def _bwd_block(kind, dq, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, causal: bool):
-    def compute(masked):
-        s = jnp.einsum("bkgqd,bkcd->bkgqc", q, k, preferred_element_type=jnp.float32)
-        if masked:
-            s = jnp.where(_block_mask(q_pos, k_pos, q_seg, k_seg, causal), s, -jnp.inf)
-        p = jnp.exp(s - lse[..., None])
-        dp = jnp.einsum("bkgqd,bkcd->bkgqc", do, v, preferred_element_type=jnp.float32)
-        ds = p * (dp - delta[..., None])
-        dq_new = dq + jnp.einsum("bkgqc,bkcd->bkgqd", ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
-        dk = jnp.einsum("bkgqc,bkgqd->bkcd", ds.astype(q.dtype), q, preferred_element_type=jnp.float32)
-        dv = jnp.einsum("bkgqc,bkgqd->bkcd", p.astype(do.dtype), do, preferred_element_type=jnp.float32)
-        return dq_new, dk, dv
+class QueryGrads(NamedTuple):
+    """Per-query-chunk inputs of the backward pass, all chunk-major."""
 
-    if not _can_mask(causal, q_seg):
+    q: jax.Array  # [nq, B, KV, M, D], scaled
+    q_t: jax.Array  # [nq, B, KV, D, M]
+    do: jax.Array  # [nq, B, KV, M, Dv]
+    do_t: jax.Array  # [nq, B, KV, Dv, M]
+    lse: jax.Array  # [nq, B, KV, M]
+    delta: jax.Array  # [nq, B, KV, M]
+    pos: jax.Array  # [nq, M]
+    seg: Optional[jax.Array]  # [nq, B, M]
+
+
+def query_grads_inputs(q_c, do_c, out_c, lse_c, q_pos_c, q_seg_c) -> QueryGrads:
+    """Gather what the backward pass needs per query chunk (transposes are made once here)."""
+    delta = jnp.sum(do_c.astype(jnp.float32) * out_c.astype(jnp.float32), axis=-1)
+    return QueryGrads(q_c, swap_last(q_c), do_c, swap_last(do_c), lse_c, delta, q_pos_c, q_seg_c)
+
+
+def _bwd_block(kind, dq, qg, k, k_t, v_t, k_pos, k_seg, causal: bool):
+    def compute(masked):
+        s = _dot(qg.q, k_t)
+        if masked:
+            s = jnp.where(_block_mask(qg.pos, k_pos, qg.seg, k_seg, causal), s, -jnp.inf)
+        p = jnp.exp(s - qg.lse[..., None])
+        ds = p * (_dot(qg.do, v_t) - qg.delta[..., None])
+        dq_new = dq + _dot(ds.astype(k.dtype), k)
+        # Transposed key gradients keep both matmuls in plain [M, K] x [K, N] form.
+        dk_t = _dot(qg.q_t, ds.astype(qg.q.dtype))
+        dv_t = _dot(qg.do_t, p.astype(qg.do.dtype))
+        return dq_new, dk_t, dv_t
+
+    if not _can_mask(causal, qg.seg):
         return compute(False)
 
     def skip():
         # zeros_like keeps the operands' varying-over-axis type inside shard_map.
-        return dq, jnp.zeros_like(k, jnp.float32), jnp.zeros_like(v, jnp.float32)
+        return dq, jnp.zeros_like(k_t, jnp.float32), jnp.zeros_like(v_t, jnp.float32)
 
     return lax.switch(kind, [skip, lambda: compute(False), lambda: compute(True)])
 
 
-def backward_step(grads, q_c, q_pos_c, q_seg_c, do_c, lse_c, delta_c, k_c, v_c, k_pos_c, k_seg_c, causal: bool):
-    """Add one set of key chunks' contributions to ``grads = (dq_c, dk_c, dv_c)`` (float32).
+def backward_step(grads, qg: QueryGrads, k_c, v_t_c, k_pos_c, k_seg_c, causal: bool):
+    """Add one set of key chunks' contributions to ``grads = (dq_c, dk_t_c, dv_t_c)`` (float32).
 
-    ``q_c`` holds queries already multiplied by the softmax scale, so the returned dq still
-    lacks that factor and dk needs none.
+    ``k_c [nk, B, KV, ck, D]``, ``v_t_c [nk, B, KV, Dv, ck]``; the key gradients are kept
+    transposed like ``v_t_c``. The returned dq still lacks the softmax scale (the queries in
+    ``qg`` were scaled), dk needs none.
     """
-    dq_c, dk_c, dv_c = grads
-    kinds = block_kinds(q_pos_c, k_pos_c, causal, q_seg_c, k_seg_c)
+    dq_c, dk_t_c, dv_t_c = grads
+    k_t_c = swap_last(k_c)
+    kinds = block_kinds(qg.pos, k_pos_c, causal, qg.seg, k_seg_c)
 
     def query_chunk(carry, xs):
         dk_acc, dv_acc = carry
-        q, q_pos, q_seg, do, lse, delta, dq, kind_row = xs
+        qg_chunk, dq, kind_row = xs
 
         def key_chunk(dq, ys):
-            k, v, k_pos, k_seg, kind = ys
-            dq, dk, dv = _bwd_block(kind, dq, q, k, v, do, lse, delta, q_pos, k_pos, q_seg, k_seg, causal)
-            return dq, (dk, dv)
+            k, k_t, v_t, k_pos, k_seg, kind = ys
+            dq, dk_t, dv_t = _bwd_block(kind, dq, qg_chunk, k, k_t, v_t, k_pos, k_seg, causal)
+            return dq, (dk_t, dv_t)
 
-        dq, (dk_parts, dv_parts) = lax.scan(key_chunk, dq, (k_c, v_c, k_pos_c, k_seg_c, kind_row))
+        dq, (dk_parts, dv_parts) = lax.scan(key_chunk, dq, (k_c, k_t_c, v_t_c, k_pos_c, k_seg_c, kind_row))
         return (dk_acc + dk_parts, dv_acc + dv_parts), dq
 
-    xs = (q_c, q_pos_c, q_seg_c, do_c, lse_c, delta_c, dq_c, kinds)
-    (dk_c, dv_c), dq_c = lax.scan(query_chunk, (dk_c, dv_c), xs)
-    return dq_c, dk_c, dv_c
-
-
-def output_delta(do_c, out_c):
-    """Row-wise ``sum(dO * O)`` in float32, the softmax-backward correction term."""
-    return jnp.sum(do_c.astype(jnp.float32) * out_c.astype(jnp.float32), axis=-1)
+    (dk_t_c, dv_t_c), dq_c = lax.scan(query_chunk, (dk_t_c, dv_t_c), (qg, dq_c, kinds))
+    return dq_c, dk_t_c, dv_t_c
 
 
 # ----------------------------------------------------------------------------- single device
@@ -344,15 +381,16 @@ def output_delta(do_c, out_c):
 
 def _blockwise_forward(q, k, v, q_pos, k_pos, q_seg, k_seg, cfg: KernelConfig):
     num_kv = k.shape[2]
+    groups = q.shape[2] // num_kv
     cq, ck = cfg.query_chunk_size, cfg.key_chunk_size
     q_c = chunk_queries(q * jnp.asarray(cfg.softmax_scale, q.dtype), num_kv, cq)
-    k_c, v_c = chunk_keys(k, ck), chunk_keys(v, ck)
-    q_pos_c, k_pos_c = chunk_positions(q_pos, cq), chunk_positions(k_pos, ck)
-    q_seg_c, k_seg_c = chunk_segments(q_seg, cq), chunk_segments(k_seg, ck)
-    state, _ = forward_step(init_state(q_c, v.shape[-1]), q_c, q_pos_c, q_seg_c, k_c, v_c, k_pos_c, k_seg_c, cfg.causal)
+    k_t_c, v_c = chunk_keys(k, ck, transpose=True), chunk_keys(v, ck)
+    q_pos_c, k_pos_c = chunk_positions(q_pos, cq, groups), chunk_positions(k_pos, ck)
+    q_seg_c, k_seg_c = chunk_segments(q_seg, cq, groups), chunk_segments(k_seg, ck)
+    state, _ = forward_step(init_state(q_c, v.shape[-1]), q_c, q_pos_c, q_seg_c, k_t_c, v_c, k_pos_c, k_seg_c, cfg.causal)
     out_c, lse_c = finalize(state, q.dtype)
-    residuals = (q_c, k_c, v_c, q_pos_c, k_pos_c, q_seg_c, k_seg_c, out_c, lse_c)
-    return unchunk_queries(out_c), residuals
+    residuals = (q_c, k_t_c, v_c, q_pos_c, k_pos_c, q_seg_c, k_seg_c, out_c, lse_c)
+    return unchunk_queries(out_c, cq), residuals
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(7,))
@@ -361,16 +399,15 @@ def _blockwise_core(q, k, v, q_pos, k_pos, q_seg, k_seg, cfg):
 
 
 def _blockwise_core_bwd(cfg, residuals, g):
-    q_c, k_c, v_c, q_pos_c, k_pos_c, q_seg_c, k_seg_c, out_c, lse_c = residuals
-    do_c = chunk_queries(g, k_c.shape[2], cfg.query_chunk_size)
-    grads = (jnp.zeros_like(q_c, jnp.float32), jnp.zeros_like(k_c, jnp.float32), jnp.zeros_like(v_c, jnp.float32))
-    dq_c, dk_c, dv_c = backward_step(
-        grads, q_c, q_pos_c, q_seg_c, do_c, lse_c, output_delta(do_c, out_c),
-        k_c, v_c, k_pos_c, k_seg_c, cfg.causal,
-    )
-    dq = unchunk_queries(dq_c * cfg.softmax_scale).astype(q_c.dtype)
-    dk = unchunk_keys(dk_c).astype(k_c.dtype)
-    dv = unchunk_keys(dv_c).astype(v_c.dtype)
+    q_c, k_t_c, v_c, q_pos_c, k_pos_c, q_seg_c, k_seg_c, out_c, lse_c = residuals
+    do_c = chunk_queries(g.astype(out_c.dtype), k_t_c.shape[2], cfg.query_chunk_size)
+    qg = query_grads_inputs(q_c, do_c, out_c, lse_c, q_pos_c, q_seg_c)
+    k_c, v_t_c = swap_last(k_t_c), swap_last(v_c)
+    grads = (jnp.zeros_like(q_c, jnp.float32), jnp.zeros_like(k_t_c, jnp.float32), jnp.zeros_like(v_t_c, jnp.float32))
+    dq_c, dk_t_c, dv_t_c = backward_step(grads, qg, k_c, v_t_c, k_pos_c, k_seg_c, cfg.causal)
+    dq = unchunk_queries(dq_c * cfg.softmax_scale, cfg.query_chunk_size).astype(q_c.dtype)
+    dk = unchunk_keys(dk_t_c, transposed=True).astype(k_t_c.dtype)
+    dv = unchunk_keys(dv_t_c, transposed=True).astype(v_c.dtype)
     return dq, dk, dv, None, None, None, None
 
 

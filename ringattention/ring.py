@@ -38,9 +38,10 @@ from ringattention.blockwise import (
     forward_step,
     init_state,
     merge_kv_mask,
-    output_delta,
+    query_grads_inputs,
     resolve_chunk,
     SKIP,
+    swap_last,
     unchunk_keys,
     unchunk_queries,
 )
@@ -59,21 +60,27 @@ def _key_positions(cfg: KernelConfig, me, step, axis_size: int, local_len: int):
     return chunk_positions(shard_positions(cfg.layout, source, axis_size, local_len), cfg.key_chunk_size)
 
 
+def _query_positions(cfg: KernelConfig, me, axis_size: int, local_len: int, groups: int):
+    positions = shard_positions(cfg.layout, me, axis_size, local_len)
+    return chunk_positions(positions, cfg.query_chunk_size, groups)
+
+
 def _ring_forward_impl(q, k, v, q_seg, k_seg, cfg: KernelConfig):
     """Forward ring pass. Returns ``(out, residuals, computed_per_step [axis_size])``."""
     axis_size = lax.axis_size(cfg.axis_name)
     me = lax.axis_index(cfg.axis_name)
-    local_len = q.shape[1]
+    local_len, groups = q.shape[1], q.shape[2] // k.shape[2]
     cq, ck = cfg.query_chunk_size, cfg.key_chunk_size
     q_c = chunk_queries(q * jnp.asarray(cfg.softmax_scale, q.dtype), k.shape[2], cq)
-    q_pos_c = chunk_positions(shard_positions(cfg.layout, me, axis_size, local_len), cq)
-    q_seg_c = chunk_segments(q_seg, cq)
-    kv_c = (chunk_keys(k, ck), chunk_keys(v, ck), chunk_segments(k_seg, ck))
+    q_pos_c = _query_positions(cfg, me, axis_size, local_len, groups)
+    q_seg_c = chunk_segments(q_seg, cq, groups)
+    # Keys travel transposed, the layout the score matmul wants.
+    kv_c = (chunk_keys(k, ck, transpose=True), chunk_keys(v, ck), chunk_segments(k_seg, ck))
 
     def fold(state, step, kv):
-        k_c, v_c, k_seg_c = kv
+        k_t_c, v_c, k_seg_c = kv
         k_pos_c = _key_positions(cfg, me, step, axis_size, local_len)
-        return forward_step(state, q_c, q_pos_c, q_seg_c, k_c, v_c, k_pos_c, k_seg_c, cfg.causal)
+        return forward_step(state, q_c, q_pos_c, q_seg_c, k_t_c, v_c, k_pos_c, k_seg_c, cfg.causal)
 
     state, computed0 = fold(init_state(q_c, v.shape[-1]), 0, kv_c)
     counts = jnp.zeros((axis_size,), jnp.int32).at[0].set(computed0)
@@ -88,7 +95,7 @@ def _ring_forward_impl(q, k, v, q_seg, k_seg, cfg: KernelConfig):
     state, _, counts = lax.fori_loop(1, axis_size, ring_step, (state, kv_c, counts))
     out_c, lse_c = finalize(state, q.dtype)
     residuals = (q_c, kv_c, q_seg_c, out_c, lse_c)
-    return unchunk_queries(out_c), residuals, counts
+    return unchunk_queries(out_c, cq), residuals, counts
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -102,33 +109,39 @@ def _ring_core_fwd(q, k, v, q_seg, k_seg, cfg):
 
 
 def _ring_core_bwd(cfg, residuals, g):
-    q_c, (k_c, v_c, k_seg_c), q_seg_c, out_c, lse_c = residuals
+    q_c, (k_t_c, v_c, k_seg_c), q_seg_c, out_c, lse_c = residuals
     axis_size = lax.axis_size(cfg.axis_name)
     me = lax.axis_index(cfg.axis_name)
-    local_len = q_c.shape[0] * q_c.shape[4]
-    q_pos_c = chunk_positions(shard_positions(cfg.layout, me, axis_size, local_len), cfg.query_chunk_size)
-    do_c = chunk_queries(g, k_c.shape[2], cfg.query_chunk_size)
-    delta_c = output_delta(do_c, out_c)
+    cq = cfg.query_chunk_size
+    local_len, groups = q_c.shape[0] * cq, q_c.shape[3] // cq
+    q_pos_c = _query_positions(cfg, me, axis_size, local_len, groups)
+    do_c = chunk_queries(g.astype(out_c.dtype), k_t_c.shape[2], cq)
+    qg = query_grads_inputs(q_c, do_c, out_c, lse_c, q_pos_c, q_seg_c)
 
-    def fold(grads, step, k_c, v_c, k_seg_c):
+    def fold(grads, step, k_c, v_t_c, k_seg_c):
         k_pos_c = _key_positions(cfg, me, step, axis_size, local_len)
-        return backward_step(grads, q_c, q_pos_c, q_seg_c, do_c, lse_c, delta_c, k_c, v_c, k_pos_c, k_seg_c, cfg.causal)
+        return backward_step(grads, qg, k_c, v_t_c, k_pos_c, k_seg_c, cfg.causal)
 
-    grads = (jnp.zeros_like(q_c, jnp.float32), jnp.zeros_like(k_c, jnp.float32), jnp.zeros_like(v_c, jnp.float32))
-    dq_c, dk_c, dv_c = fold(grads, 0, k_c, v_c, k_seg_c)
+    # The backward pass wants keys untransposed and values transposed.
+    k_c, v_t_c = swap_last(k_t_c), swap_last(v_c)
+    grads = (jnp.zeros_like(q_c, jnp.float32), jnp.zeros_like(k_t_c, jnp.float32), jnp.zeros_like(v_t_c, jnp.float32))
+    dq_c, dk_t_c, dv_t_c = fold(grads, 0, k_c, v_t_c, k_seg_c)
 
     def ring_step(step, carry):
-        dq_c, kv = carry
+        dq_c, travelling = carry
         # dK/dV travel with the block they belong to.
-        k_c, v_c, k_seg_c, dk_c, dv_c = _shift(kv, cfg.axis_name, axis_size)
-        dq_c, dk_c, dv_c = fold((dq_c, dk_c, dv_c), step, k_c, v_c, k_seg_c)
-        return dq_c, (k_c, v_c, k_seg_c, dk_c, dv_c)
+        k_c, v_t_c, k_seg_c, dk_t_c, dv_t_c = _shift(travelling, cfg.axis_name, axis_size)
+        dq_c, dk_t_c, dv_t_c = fold((dq_c, dk_t_c, dv_t_c), step, k_c, v_t_c, k_seg_c)
+        return dq_c, (k_c, v_t_c, k_seg_c, dk_t_c, dv_t_c)
 
-    dq_c, (_, _, _, dk_c, dv_c) = lax.fori_loop(1, axis_size, ring_step, (dq_c, (k_c, v_c, k_seg_c, dk_c, dv_c)))
+    travelling = (k_c, v_t_c, k_seg_c, dk_t_c, dv_t_c)
+    dq_c, (_, _, _, dk_t_c, dv_t_c) = lax.fori_loop(1, axis_size, ring_step, (dq_c, travelling))
     # One last hop brings each block's gradient back to the device that owns the block.
-    dk_c, dv_c = _shift((dk_c, dv_c), cfg.axis_name, axis_size)
-    dq = unchunk_queries(dq_c * cfg.softmax_scale).astype(q_c.dtype)
-    return dq, unchunk_keys(dk_c).astype(k_c.dtype), unchunk_keys(dv_c).astype(v_c.dtype), None, None
+    dk_t_c, dv_t_c = _shift((dk_t_c, dv_t_c), cfg.axis_name, axis_size)
+    dq = unchunk_queries(dq_c * cfg.softmax_scale, cq).astype(q_c.dtype)
+    dk = unchunk_keys(dk_t_c, transposed=True).astype(k_t_c.dtype)
+    dv = unchunk_keys(dv_t_c, transposed=True).astype(v_c.dtype)
+    return dq, dk, dv, None, None
 
 
 _ring_core.defvjp(_ring_core_fwd, _ring_core_bwd)

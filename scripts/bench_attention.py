@@ -5,7 +5,9 @@ its own subprocess with ``--xla_force_host_platform_device_count`` set, so peak 
 process's max RSS) and the compiled per-device temp size belong to that configuration alone.
 Each timed call sits between two timings of a 2048x2048 float32 matmul; results are reported
 as a fraction of that matmul rate, because the speed of a shared CPU drifts by 2x within
-seconds. Outputs (and gradients) of the implementations are saved and compared.
+seconds. The process's CPU time per call (all threads) is reported too: on a machine shared
+with other work it is the steadier measure of how much computation a call costs. Outputs (and
+gradients) of the implementations are saved and compared.
 
 The PyPI package shares the import name ``ringattention`` with this repo's library, so it is
 installed into its own target directory and imported from there in its own process::
@@ -85,13 +87,14 @@ def _build(args, jax, jnp):
     spec = P(None, "sp")
     chunk = args.chunk
 
-    if args.impl == "ours":
+    if args.impl.startswith("ours"):
         from ringattention import ring_attention
+
+        layout = _layout_of(args.impl)
 
         def local(q, k, v):
             return ring_attention(
-                q, k, v, axis_name="sp", causal=True, query_chunk_size=chunk, key_chunk_size=chunk,
-                layout=args.layout,
+                q, k, v, axis_name="sp", causal=True, query_chunk_size=chunk, key_chunk_size=chunk, layout=layout,
             )
 
         attention = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec)
@@ -128,6 +131,11 @@ def _build(args, jax, jnp):
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
+def _layout_of(impl: str) -> str:
+    """``ours`` runs the contiguous layout, ``ours-zigzag`` / ``ours-striped`` a balanced one."""
+    return impl.split("-", 1)[1] if "-" in impl else "contiguous"
+
+
 def worker(args) -> dict:
     """Run one configuration and return its measurements (printed as one JSON line)."""
     import resource
@@ -142,6 +150,12 @@ def worker(args) -> dict:
     shape_kv = (1, args.seq, args.kv_heads, args.dim)
     q, k, v = (rng.standard_normal(s, dtype=np.float32) for s in (shape_q, shape_kv, shape_kv))
     dout = rng.standard_normal(shape_q, dtype=np.float32)
+    layout = _layout_of(args.impl) if args.impl.startswith("ours") else "contiguous"
+    if layout != "contiguous":
+        from ringattention import from_layout, to_layout
+
+        # Permuting tokens is data preparation (done once per batch in training), not timed.
+        q, k, v, dout = (to_layout(x, layout, args.devices) for x in (q, k, v, dout))
     inputs = [jnp.asarray(x) for x in (q, k, v, dout)]
     fn = _build(args, jax, jnp)
     start = time.perf_counter()
@@ -150,7 +164,7 @@ def worker(args) -> dict:
     memory = compiled.memory_analysis()
     result = dict(
         impl=args.impl, seq=args.seq, devices=args.devices, mode=args.mode, heads=args.heads,
-        kv_heads=args.kv_heads, dim=args.dim, chunk=args.chunk, layout=args.layout,
+        kv_heads=args.kv_heads, dim=args.dim, chunk=args.chunk,
         compile_s=compile_s,
         temp_bytes=getattr(memory, "temp_size_in_bytes", None),
         argument_bytes=getattr(memory, "argument_size_in_bytes", None),
@@ -160,12 +174,13 @@ def worker(args) -> dict:
         result["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return result
     out = jax.block_until_ready(compiled(*inputs))  # warm-up
-    times, fractions, rates = [], [], []
+    times, fractions, rates, cpu_times = [], [], [], []
     for _ in range(args.repeats):
         before = _matmul_rate(jax, jnp)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         jax.block_until_ready(compiled(*inputs))
         elapsed = time.perf_counter() - start
+        cpu_times.append(time.process_time() - cpu_start)
         after = _matmul_rate(jax, jnp)
         rate = (before + after) / 2
         flops = _useful_flops(args)
@@ -174,13 +189,16 @@ def worker(args) -> dict:
         fractions.append(flops / elapsed / 1e9 / rate)
     result.update(
         times_s=times, median_s=statistics.median(times), matmul_gflops=rates,
+        cpu_s=cpu_times, median_cpu_s=statistics.median(cpu_times),
         fraction_of_matmul=statistics.median(fractions),
         gflops=_useful_flops(args) / statistics.median(times) / 1e9,
         max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     )
     if args.save:
-        arrays = out if isinstance(out, tuple) else (out,)
-        np.savez(args.save, *[np.asarray(a) for a in arrays])
+        arrays = [np.asarray(a) for a in (out if isinstance(out, tuple) else (out,))]
+        if layout != "contiguous":
+            arrays = [from_layout(a, layout, args.devices) for a in arrays]
+        np.savez(args.save, *arrays)
     return result
 
 
@@ -198,7 +216,7 @@ def _run_config(args, impl, seq, devices, mode, kv_heads, save_dir) -> dict:
     command = [
         sys.executable, str(Path(__file__).resolve()), "--worker", "--impl", impl, "--seq", str(seq),
         "--devices", str(devices), "--mode", mode, "--heads", str(args.heads), "--kv-heads", str(kv_heads),
-        "--dim", str(args.dim), "--chunk", str(args.chunk), "--layout", args.layout,
+        "--dim", str(args.dim), "--chunk", str(args.chunk),
         "--repeats", str(args.repeats), "--pypi-dir", args.pypi_dir, "--save", save,
     ] + (["--compile-only"] if compile_only else [])
     env = dict(os.environ)
@@ -237,26 +255,28 @@ def _markdown(results: list, command: str) -> str:
     lines = [
         f"Command: `{command}`",
         "",
-        "| impl | heads/kv | devices | seq | mode | median s | GFLOP/s | frac of matmul | matmul GFLOP/s | "
-        "temp MiB/device | max RSS MiB | max rel diff vs ours | ours/impl time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| impl | heads/kv | devices | seq | mode | median s | CPU s | GFLOP/s | frac of matmul | matmul GFLOP/s | "
+        "temp MiB/device | max RSS MiB | max rel diff vs ours | ours/impl (matmul-normalised) | ours/impl (CPU s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['impl']} | {r.get('heads', '')}/{r['kv_heads']} | {r['devices']} | {r['seq']} | {r['mode']} | "
-                         f"error: {r['error']} | | | | | | | |")
+                         f"error: {r['error']} | | | | | | | | | |")
             continue
         timed = "median_s" in r
         lines.append(
-            "| {impl} | {heads}/{kv} | {devices} | {seq} | {mode} | {t} | {g} | {f} | {m} | {temp} | {rss} | {diff} | {ratio} |".format(
+            "| {impl} | {heads}/{kv} | {devices} | {seq} | {mode} | {t} | {cpu} | {g} | {f} | {m} | {temp} | {rss} | {diff} | {ratio} | {cpu_ratio} |".format(
                 impl=r["impl"], heads=r["heads"], kv=r["kv_heads"], devices=r["devices"], seq=r["seq"], mode=r["mode"],
                 t=f"{r['median_s']:.2f}" if timed else "compile only",
+                cpu=f"{r['median_cpu_s']:.1f}" if timed else "-",
                 g=f"{r['gflops']:.1f}" if timed else "-",
                 f=f"{r['fraction_of_matmul']:.3f}" if timed else "-",
                 m=f"{statistics.median(r['matmul_gflops']):.0f}" if timed else "-",
                 temp=_mib(r.get("temp_bytes")), rss=_mib(r.get("max_rss_bytes")),
                 diff=r.get("max_rel_diff", "-") if isinstance(r.get("max_rel_diff"), str) else f"{r['max_rel_diff']:.1e}" if "max_rel_diff" in r else "-",
                 ratio=f"{r['ours_over_impl']:.2f}" if "ours_over_impl" in r else "-",
+                cpu_ratio=f"{r['ours_over_impl_cpu']:.2f}" if "ours_over_impl_cpu" in r else "-",
             )
         )
     return "\n".join(lines) + "\n"
@@ -264,7 +284,8 @@ def _markdown(results: list, command: str) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impls", default="ours,pypi,dense", help="comma list of ours, pypi, dense")
+    parser.add_argument("--impls", default="ours,pypi,dense",
+                        help="comma list of ours (contiguous layout), ours-zigzag, ours-striped, pypi, dense")
     parser.add_argument("--seq-lens", default="4096,8192,16384", help="comma list of global sequence lengths")
     parser.add_argument("--devices", default="4", help="comma list of fake CPU device counts")
     parser.add_argument("--modes", default="fwdbwd", help="comma list of fwd, fwdbwd")
@@ -272,9 +293,9 @@ def main(argv=None) -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=512)
-    parser.add_argument("--layout", default="contiguous", help="layout for ours (the package has none)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-dense-seq", type=int, default=8192, help="longer dense runs are compiled only")
+    parser.add_argument("--max-dense-seq", type=int, default=4096,
+                        help="longer dense runs are compiled only (8K forward+backward needs about 14 GiB)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
     parser.add_argument("--pypi-dir", default=str(DEFAULT_PYPI_DIR))
     parser.add_argument("--json", help="write all results here")
@@ -310,10 +331,12 @@ def main(argv=None) -> None:
                         ours = group.get("ours")
                         for impl, result in group.items():
                             if ours and ours.get("saved") and result.get("saved") and impl != "ours":
+                                # Relative to the largest magnitude, max over output / dq, dk, dv.
                                 result["max_rel_diff"] = _max_difference(result["saved"], ours["saved"])
                             if ours and "median_s" in ours and "median_s" in result and impl != "ours":
                                 # Compare fractions of the matmul rate, not raw seconds (drift).
                                 result["ours_over_impl"] = result["fraction_of_matmul"] / ours["fraction_of_matmul"]
+                                result["ours_over_impl_cpu"] = ours["median_cpu_s"] / result["median_cpu_s"]
                             results.append(result)
     for r in results:
         r.pop("saved", None)
