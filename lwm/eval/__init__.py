@@ -1,0 +1,1 @@
+"""Evaluation: needle-in-a-haystack retrieval (`lwm.eval.needle`)."""
