@@ -1,0 +1,128 @@
+"""The dream: M as the environment, every candidate of a generation rolled out at once.
+
+One jitted call scores a whole population: `jax.vmap` over candidates, each playing `rollouts`
+dreams as a batch, `lax.scan` over time inside a `lax.while_loop` that stops once every dream
+has ended (chunks of `chunk` steps). A dream starts from the z of a random real episode's first
+frame (drawn from V's posterior) and zero LSTM state; each step C acts on [z, h(, c)], M
+advances and samples the next z at temperature τ, and the episode ends when M's done
+probability exceeds `done_threshold` (or at `max_steps`). The return is the number of steps
+survived, TakeCover's reward. All candidates share the same dream randomness (the same keys),
+so their returns differ only by their behaviour.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lwm.worldmodels.controller import ControllerSpec, batched_controller_tanh
+from lwm.worldmodels.envs import model_action_from_tanh
+from lwm.worldmodels.mdnrnn import MDNRNN, sample_mixture
+from lwm.worldmodels.vae import decode_latents
+
+
+def _one_candidate(graphdef, spec, env_name, rollouts, max_steps, chunk,
+                   state, theta_N, z0_mu, z0_logvar, key, temperature, done_threshold):
+    """Mean steps survived by one controller over `rollouts` dreams (traced under vmap)."""
+    model = nnx.merge(graphdef, state)
+    start_key, loop_key = jax.random.split(key)
+    pick_key, noise_key = jax.random.split(start_key)
+    index = jax.random.randint(pick_key, (rollouts,), 0, z0_mu.shape[0])
+    z = z0_mu[index] + jnp.exp(0.5 * z0_logvar[index]) * jax.random.normal(noise_key, (rollouts, z0_mu.shape[1]))
+    theta_RN = jnp.broadcast_to(theta_N, (rollouts, theta_N.shape[0]))
+
+    def step(loop_state, _):
+        (h, c), z, alive, survived, t, key = loop_state
+        key, sample_key = jax.random.split(key)
+        features = jnp.concatenate([z, h, c] if spec.include_cell else [z, h], axis=-1)
+        action = model_action_from_tanh(env_name, batched_controller_tanh(theta_RN, features, spec), jnp)
+        start = jnp.full((rollouts,), t == 0, jnp.float32)
+        h, c = model.step((h, c), z, action, start)
+        out = model.heads(h)
+        next_z = sample_mixture(sample_key, out.logmix, out.mean, out.logstd, temperature)
+        active = alive & (t < max_steps)
+        survived = survived + active.astype(jnp.float32)
+        alive = active & ~(jax.nn.sigmoid(out.done_logit) > done_threshold)
+        return ((h, c), next_z, alive, survived, t + 1, key), None
+
+    def chunk_body(loop_state):
+        return jax.lax.scan(step, loop_state, None, length=chunk)[0]
+
+    def keep_going(loop_state):
+        return jnp.any(loop_state[2]) & (loop_state[4] < max_steps)
+
+    init = (model.initial_carry((rollouts,)), z, jnp.ones((rollouts,), bool), jnp.zeros((rollouts,)),
+            jnp.asarray(0), loop_key)
+    return jnp.mean(jax.lax.while_loop(keep_going, chunk_body, init)[3])
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _dream_population(graphdef, spec, env_name, rollouts, max_steps, chunk,
+                      state, theta_PN, z0_mu, z0_logvar, key, temperature, done_threshold, independent):
+    # fold_in(key, 0) for every candidate shares the dreams; fold_in(key, p) gives each its own.
+    keys = jax.vmap(lambda p: jax.random.fold_in(key, p * independent))(jnp.arange(theta_PN.shape[0]))
+    one = partial(_one_candidate, graphdef, spec, env_name, rollouts, max_steps, chunk)
+    return jax.vmap(one, in_axes=(None, 0, None, None, 0, None, None))(
+        state, theta_PN, z0_mu, z0_logvar, keys, temperature, done_threshold)
+
+
+def make_dream_fn(mdnrnn: MDNRNN, spec: ControllerSpec, env_name: str, rollouts: int, max_steps: int,
+                  temperature: float, done_threshold: float, chunk: int = 50):
+    """A function `(θ [P, N], z0 mu [E, z], z0 logvar [E, z], key, shared=True) → returns [P]`.
+
+    One jitted call; `returns[p]` is candidate p's mean number of steps survived over `rollouts`
+    dreams. With `shared` every candidate meets the same dreams, else each its own. Temperature
+    and threshold are traced values: changing them does not recompile.
+    """
+    if mdnrnn.done is None:
+        raise ValueError("the dream needs M's done head: train M on an environment where episodes end (takecover)")
+    graphdef, state = nnx.split(mdnrnn)
+    statics = (graphdef, spec, env_name, rollouts, max_steps, max(1, min(chunk, max_steps)))
+
+    def call(theta_PN: Any, z0_mu: Any, z0_logvar: Any, key: jax.Array, shared: bool = True) -> np.ndarray:
+        returns = _dream_population(*statics, state, jnp.asarray(theta_PN, jnp.float32), jnp.asarray(z0_mu),
+                                    jnp.asarray(z0_logvar), key, jnp.float32(temperature),
+                                    jnp.float32(done_threshold), jnp.int32(0 if shared else 1))
+        return np.asarray(returns)
+
+    return call
+
+
+def dream_frames(mdnrnn: MDNRNN, vae: Any, theta_N: np.ndarray | None, spec: ControllerSpec, env_name: str,
+                 z0: np.ndarray, steps: int, temperature: float, seed: int) -> np.ndarray:
+    """Decodes one dream to uint8 frames [T, 64, 64, 3]; C acts when `theta_N` is given, else random.
+
+    Used for pictures; runs step by step in Python (a short dream).
+    """
+    rng = np.random.default_rng(seed)
+    key = jax.random.key(seed)
+    carry = mdnrnn.initial_carry((1,))
+    z = jnp.asarray(z0[None], jnp.float32)
+    frames = []
+    def advance(model, carry, z, action, start):
+        carry = model.step(carry, z, action, start)
+        return carry, model.heads(carry[0])
+
+    advance = nnx.jit(advance)
+    for t in range(steps):
+        frames.append(decode_latents(vae, np.asarray(z))[0])
+        h, c = carry
+        if theta_N is not None:
+            features = jnp.concatenate([z, h, c] if spec.include_cell else [z, h], axis=-1)[0]
+            y = jnp.tanh(theta_N[: spec.action_dim * spec.features].reshape(spec.action_dim, spec.features) @ features
+                         + theta_N[spec.action_dim * spec.features:])
+        else:
+            y = jnp.asarray(rng.uniform(-1, 1, spec.action_dim), jnp.float32)
+        action = model_action_from_tanh(env_name, y[None], jnp)
+        start = jnp.full((1,), float(t == 0))
+        carry, out = advance(mdnrnn, carry, z, action, start)
+        key, sample_key = jax.random.split(key)
+        z = sample_mixture(sample_key, out.logmix, out.mean, out.logstd, temperature)
+        if out.done_logit is not None and float(jax.nn.sigmoid(out.done_logit[0])) > 0.5:
+            break
+    return np.stack(frames)
