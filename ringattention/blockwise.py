@@ -13,12 +13,12 @@ An online softmax keeps a running max and denominator per query row in float32 (
 inputs). The backward pass is a hand-written custom VJP that recomputes each block's
 probabilities from the saved log-sum-exp, so memory is O(S * chunk), never O(S^2).
 
-Grouped-query attention never repeats K/V: queries are viewed as ``[B, KV, G, T, D]`` and each
-key/value head serves its ``G`` query heads inside one matmul.
+Grouped-query attention never repeats K/V: the ``G`` query heads that share a key/value head
+are stacked into one row axis of ``M = G * cq`` rows, so one matmul serves them all.
 
 Internally every array is kept "chunk-major": the chunk index leads so that ``lax.scan`` walks
-it without copies (queries ``[nq, B, KV, G, cq, D]``, keys ``[nk, B, KV, ck, D]``, positions
-``[n, c]``, segment ids ``[n, B, c]``).
+it without copies (queries ``[nq, B, KV, M, D]``, keys ``[nk, B, KV, ck, D]`` or transposed
+``[nk, B, KV, D, ck]``, positions ``[n, M or ck]``, segment ids ``[n, B, M or ck]``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from conftest import assert_close, make_mesh, packed_segments, random_qkv, ring_harness, value_and_grads
-from ringattention import dense_attention, ring_attention, ring_schedule, to_layout
+from ringattention import dense_attention, from_layout, ring_attention, ring_schedule, to_layout
 
 CASES = [
     # devices, layout, causal, kv_heads, segments
@@ -128,3 +128,35 @@ def test_undivisible_shapes_refused(devices, layout, seq, kwargs, message):
 def test_layout_refuses_global_length():
     with pytest.raises(ValueError, match=r"sequence length 100 is not divisible by 8 \(2 x 4 devices"):
         to_layout(jnp.zeros((1, 100)), "zigzag", 4)
+
+
+def test_ring_on_two_dimensional_mesh_with_batch_sharded():
+    """Batch over "dp" and sequence over "sp", as a data+sequence parallel model runs it."""
+    mesh = jax.make_mesh((2, 4), ("dp", "sp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    spec = P("dp", "sp")
+    q, k, v, cotangent = random_qkv(seq=64, heads=4, kv_heads=2, seed=21)
+    segment_ids = packed_segments(2, 64, pad=5)
+    local = lambda q, k, v, seg: ring_attention(q, k, v, axis_name="sp", segment_ids=seg, layout="striped",
+                                                query_chunk_size=8, key_chunk_size=8)
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, spec), out_specs=spec)
+    permute = lambda x: to_layout(x, "striped", 4)
+
+    def attention(q, k, v):
+        out = sharded(permute(q), permute(k), permute(v), permute(segment_ids))
+        return from_layout(out, "striped", 4)
+
+    out, grads = jax.jit(lambda *a: value_and_grads(attention, *a))(q, k, v, cotangent)
+    dense = lambda q, k, v: dense_attention(q, k, v, segment_ids=segment_ids)
+    out_ref, grads_ref = value_and_grads(dense, q, k, v, cotangent)
+    assert_close(out, out_ref, 1e-5, "output")
+    for name, grad, grad_ref in zip(("dq", "dk", "dv"), grads, grads_ref):
+        assert_close(grad, grad_ref, 1e-5, name)
+
+
+def test_ring_without_vma_checks():
+    mesh = make_mesh(2)
+    spec = P(None, "sp")
+    q, k, v, _ = random_qkv(seq=32, heads=2, kv_heads=2, seed=22)
+    local = lambda q, k, v: ring_attention(q, k, v, axis_name="sp", query_chunk_size=8, key_chunk_size=8)
+    out = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec, check_vma=False))(q, k, v)
+    assert_close(out, dense_attention(q, k, v), 1e-5, "output")
