@@ -54,12 +54,48 @@ def _run_demo(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+PLAN_DESCRIPTION = """\
+Print what a training config needs per device (parameters, optimizer state, activations with
+the chosen remat policy, attention working set, logits, gathered weights) and the KV cache
+for a context length, from jax.eval_shape and documented formulas (lwm/train/plan.py);
+nothing is allocated. Says whether training fits a given device memory.
+
+examples:
+  lwm plan --config configs/llama2-7b.yaml --devices 8 --device-memory-gib 80
+  lwm plan --config configs/long/lwm-text-1m.yaml --devices 256 --context 1048576
+"""
+
+
+def _run_plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lwm.config import ConfigError, TrainRunConfig, load_config
+    from lwm.train.plan import plan_memory
+
+    if args.config is None:
+        raise ConfigError("lwm plan needs --config PATH (see configs/)")
+    config = load_config(TrainRunConfig, args.config, overrides)
+    devices = args.devices
+    if devices is None:
+        import jax
+
+        devices = jax.device_count()
+    plan = plan_memory(config, devices, args.context or config.data.seq_len)
+    print(plan.report(args.device_memory_gib))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds `lwm train` and `lwm demo`."""
+    """Adds `lwm train`, `lwm demo` and `lwm plan`."""
     add_config_command(
         subparsers, "train", help="train a model from a config", description=TRAIN_DESCRIPTION,
         run=_run_train,
     )
+    plan = add_config_command(
+        subparsers, "plan", help="per-device memory plan of a training config",
+        description=PLAN_DESCRIPTION, run=_run_plan,
+    )
+    plan.add_argument("--devices", type=int, default=None, help="device count (default: this machine's)")
+    plan.add_argument("--device-memory-gib", type=float, default=0.0, help="memory per device to check against")
+    plan.add_argument("--context", type=int, default=0, help="KV-cache context length (default: data.seq_len)")
     add_config_command(
         subparsers, "demo", help="run the end-to-end demo on this machine",
         description=DEMO_DESCRIPTION, run=_run_demo, default_config="configs/demo.yaml",

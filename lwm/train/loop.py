@@ -33,7 +33,13 @@ from lwm.train import distributed
 from lwm.train.checkpoint import Checkpointer, abstract_like
 from lwm.train.metrics import MetricsWriter, measure_matmul_flops, train_flops_per_token
 from lwm.train.optimizer import make_optimizer
-from lwm.train.step import BATCH_KEYS, init_train_state, make_train_step
+from lwm.train.step import BATCH_KEYS, init_train_state, make_train_step, train_state_shardings
+
+
+_BATCH_DTYPES = {
+    "input_ids": np.int32, "target_ids": np.int32, "segment_ids": np.int32, "positions": np.int32,
+    "input_is_vision": np.bool_, "target_is_vision": np.bool_, "loss_weight": np.float32,
+}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -137,9 +143,8 @@ def train_stage(
                                   nnx.to_pure_dict(params))
             loaded = load_params_tree(init_params_from, target)
             nnx.replace_by_pure_dict(params, loaded)
-        state = jax.jit(lambda p: init_train_state(p, optimizer))(params)
-        state_sharding = jax.tree.map(lambda x: x.sharding, state)
-        state["step"] = jax.device_put(state["step"], replicated(mesh))
+        state_sharding = train_state_shardings(optimizer, abstract_params, param_shardings, replicated(mesh))
+        state = jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=state_sharding)(params)
 
     iterator = make_batch_iterator(
         config.data, source, process_index=jax.process_index(), process_count=jax.process_count()
@@ -154,9 +159,19 @@ def train_stage(
         start_step = latest
 
     step_fn = make_train_step(graphdef, optimizer, config.train, config.data, _prepare_batch_fn(config, mesh))
+    batch_sharding = data_sharding(mesh)
     with jax.set_mesh(mesh):
         jitted = jax.jit(step_fn, out_shardings=(state_sharding, None), donate_argnums=(0,))
-    batch_sharding = data_sharding(mesh)
+        # Compile before the first collective, then line the processes up: a process that
+        # compiles much later than its peers would otherwise time out in the collectives' set-up.
+        example_batch = {key: jax.ShapeDtypeStruct((config.data.batch_size, config.data.seq_len),
+                                                   _BATCH_DTYPES[key], sharding=batch_sharding)
+                         for key in BATCH_KEYS}
+        compiled_step = jitted.lower(abstract_like(state), example_batch).compile()
+    if jax.process_count() > 1:
+        import orbax.checkpoint as ocp
+
+        ocp.multihost.sync_global_processes(f"lwm-compiled-{stage_name or 'main'}-{start_step}", timeout=3600)
     flops_per_token = train_flops_per_token(config.model, config.data.seq_len)
     peak = config.logging.peak_tflops_per_device * 1e12 or measure_matmul_flops()
     writer = MetricsWriter(
@@ -179,7 +194,7 @@ def train_stage(
             batch = next(iterator)
             tokens_since += int(np.count_nonzero(batch["segment_ids"]))
             with jax.set_mesh(mesh):
-                state, metrics = jitted(state, _to_global(batch, batch_sharding))
+                state, metrics = compiled_step(state, _to_global(batch, batch_sharding))
             step += 1
             steps_since += 1
             is_last = step == config.train.steps

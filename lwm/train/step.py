@@ -110,3 +110,23 @@ def make_train_step(
 def init_train_state(params: nnx.State, optimizer: optax.GradientTransformation) -> dict[str, Any]:
     """The full training state for fresh parameters."""
     return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def train_state_shardings(
+    optimizer: optax.GradientTransformation, params: nnx.State, param_shardings: nnx.State, scalar_sharding: Any
+) -> dict[str, Any]:
+    """Shardings of the full training state: optimizer moments follow their parameters.
+
+    Left to propagation, XLA replicates the moments (they are zeros, independent of the
+    parameters' values), which would cost every device the whole optimizer state.
+    """
+    abstract_opt_state = jax.eval_shape(optimizer.init, params)
+    opt_shardings = optax.tree_utils.tree_map_params(
+        optimizer,
+        lambda _, sharding: sharding,
+        abstract_opt_state,
+        param_shardings,
+        transform_non_params=lambda _: scalar_sharding,
+        is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+    )
+    return {"params": param_shardings, "opt_state": opt_shardings, "step": scalar_sharding}

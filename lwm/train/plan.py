@@ -1,0 +1,201 @@
+"""Memory planning: what a config needs per device, before any device is touched.
+
+Parameter shapes come from `jax.eval_shape` of the real model and their per-device shards from
+the same logical-axis rules training uses, so sharding is counted exactly. Activations follow
+these formulas, with `T = (batch / (dp·fsdp)) · (seq_len / sp)` tokens per device, width `E`,
+MLP width `F`, `K·D` the key/value width, `b` the compute dtype's bytes, and per layer:
+
+- remat `none`: every intermediate is kept for the backward pass:
+  `T·b·(8·E + 2·K·D + 4·F)` (layer input, two norms, q, k, v, attention output and
+  projection, gate, up, their product, MLP output);
+- remat `save_dots`: only matmul outputs: `T·b·(3·E + 2·K·D + 2·F)`;
+- remat `full`: only the layer input `T·b·E`, plus one layer's full set during recomputation.
+
+Attention adds its working set on top of one layer: `dense` holds the score matrix
+`B·H·S_q·S_k·4` bytes per device, `blockwise`/`ring` one chunk pair `B·H·chunk_q·chunk_k·4`.
+The output heads hold float32 logits and their gradient: `2·T·V·4`. Training state is
+parameters, gradients (parameter dtype) and AdamW's two moments (float32). Fully sharded
+weights are gathered before use: one layer's weights plus the embedding tables and heads, whole,
+in the compute dtype.
+The KV cache for a context of `C` tokens is `2·L·K·D·C·b / sp` per device per sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from lwm.config import TrainRunConfig
+from lwm.mesh import DEFAULT_RULES, logical_axes_of, resolve_axis_sizes
+
+GIB = 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per device for each part of a training step (and an inference KV cache)."""
+
+    parameters: int
+    parameter_bytes: int
+    gradient_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int
+    attention_bytes: int
+    logits_bytes: int
+    gathered_bytes: int
+    kv_cache_bytes: int
+    kv_cache_context: int
+    mesh: dict[str, int]
+
+    @property
+    def training_bytes(self) -> int:
+        """Everything a training step holds at its peak."""
+        return (self.parameter_bytes + self.gradient_bytes + self.optimizer_bytes
+                + self.activation_bytes + self.attention_bytes + self.logits_bytes
+                + self.gathered_bytes)
+
+    def report(self, device_memory_gib: float = 0.0) -> str:
+        """A human-readable table; says whether it fits `device_memory_gib` when given."""
+        rows = [
+            ("parameters (count)", f"{self.parameters:,}"),
+            ("parameters", _gib(self.parameter_bytes)),
+            ("gradients", _gib(self.gradient_bytes)),
+            ("optimizer state", _gib(self.optimizer_bytes)),
+            ("activations", _gib(self.activation_bytes)),
+            ("attention working set", _gib(self.attention_bytes)),
+            ("logits", _gib(self.logits_bytes)),
+            ("gathered weights", _gib(self.gathered_bytes)),
+            ("training total", _gib(self.training_bytes)),
+            (f"KV cache at {self.kv_cache_context:,} tokens", _gib(self.kv_cache_bytes)),
+        ]
+        mesh = " × ".join(f"{name}={size}" for name, size in self.mesh.items())
+        lines = [f"per device, mesh {mesh}:"] + [f"  {name:<34} {value:>14}" for name, value in rows]
+        if device_memory_gib:
+            limit = device_memory_gib * GIB
+            verdict = "fits" if self.training_bytes <= limit else "does NOT fit"
+            lines.append(f"training {verdict} in {device_memory_gib:g} GiB per device "
+                         f"({self.training_bytes / limit:.0%} of it)")
+        return "\n".join(lines)
+
+
+def _gib(num_bytes: int) -> str:
+    return f"{num_bytes / GIB:.3f} GiB"
+
+
+def _shard_elements(shape: tuple[int, ...], axes: tuple[str | None, ...], mesh_sizes: dict[str, int]) -> int:
+    rules = dict(DEFAULT_RULES)
+    used: set[str] = set()
+    elements = 1
+    for size, name in zip(shape, axes):
+        target = rules.get(name) if name is not None else None
+        mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
+        mesh_axes = tuple(a for a in mesh_axes if a not in used and mesh_sizes[a] > 1)
+        divisor = math.prod(mesh_sizes[a] for a in mesh_axes)
+        if mesh_axes and size % divisor == 0:
+            used.update(mesh_axes)
+            size //= divisor
+        elements *= size
+    return elements
+
+
+def plan_memory(config: TrainRunConfig, device_count: int, kv_cache_context: int = 0) -> MemoryPlan:
+    """The per-device memory plan of `config` on `device_count` devices (nothing is allocated)."""
+    from lwm.model.llama import LlamaModel
+
+    model_config = config.model
+    mesh_sizes = resolve_axis_sizes(config.mesh, device_count)
+    abstract = nnx.eval_shape(lambda: LlamaModel(model_config, rngs=nnx.Rngs(0)))
+    variables = jax.tree.leaves(nnx.state(abstract, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))
+    param_itemsize = np.dtype(model_config.param_dtype).itemsize if model_config.param_dtype != "bfloat16" else 2
+    compute_itemsize = 4 if model_config.dtype == "float32" else 2
+    count = sum(int(np.prod(v.shape)) for v in variables)
+    shard = sum(_shard_elements(tuple(v.shape), logical_axes_of(v), mesh_sizes) for v in variables)
+
+    data = config.data
+    batch_shards = mesh_sizes["dp"] * mesh_sizes["fsdp"]
+    local_batch = max(data.batch_size // max(batch_shards, 1), 1)
+    local_seq = data.seq_len // mesh_sizes["sp"]
+    tokens = local_batch * local_seq // max(config.train.grad_accum_steps, 1)
+    E, F, L = model_config.hidden_size, model_config.intermediate_size, model_config.num_layers
+    kv_width = model_config.kv_heads * model_config.head_dim
+    per_layer = {
+        "none": 8 * E + 2 * kv_width + 4 * F,
+        "save_dots": 3 * E + 2 * kv_width + 2 * F,
+        "full": E,
+    }[model_config.remat]
+    activations = tokens * compute_itemsize * (L * per_layer)
+    if model_config.remat == "full":
+        activations += tokens * compute_itemsize * (8 * E + 2 * kv_width + 4 * F)
+    heads_local = model_config.num_heads // mesh_sizes["tp"] if model_config.num_heads % mesh_sizes["tp"] == 0 else model_config.num_heads
+    micro_batch = max(local_batch // max(config.train.grad_accum_steps, 1), 1)
+    if model_config.attention == "dense":
+        attention = micro_batch * heads_local * data.seq_len * data.seq_len * 4
+    else:
+        chunk_q = min(model_config.query_chunk_size, local_seq)
+        chunk_k = min(model_config.key_chunk_size, local_seq)
+        attention = micro_batch * heads_local * chunk_q * chunk_k * 4
+    vocab = model_config.vocab_size + (model_config.vision_vocab_size if model_config.has_vision else 0)
+    vocab_local = vocab // mesh_sizes["tp"] if vocab % mesh_sizes["tp"] == 0 else vocab
+    logits = 2 * tokens * vocab_local * 4
+    layer_weights = 2 * E * model_config.num_heads * model_config.head_dim + 2 * E * kv_width + 3 * E * F
+    gathered = (layer_weights + E * vocab * (1 if model_config.tie_embeddings else 2)) * compute_itemsize
+    kv_cache = 2 * L * kv_width * kv_cache_context * compute_itemsize // mesh_sizes["sp"]
+    return MemoryPlan(
+        parameters=count,
+        parameter_bytes=shard * param_itemsize,
+        gradient_bytes=shard * param_itemsize,
+        optimizer_bytes=shard * 4 * 2,
+        activation_bytes=activations,
+        attention_bytes=attention,
+        logits_bytes=logits,
+        gathered_bytes=gathered,
+        kv_cache_bytes=kv_cache,
+        kv_cache_context=kv_cache_context,
+        mesh=mesh_sizes,
+    )
+
+
+def measured_train_step_bytes(config: TrainRunConfig) -> dict[str, Any]:
+    """Compiled memory of one sharded train step on this machine's devices (per device).
+
+    Uses XLA's memory analysis of the real jitted step: arguments (state and batch), outputs
+    aliased by donation, and temporaries.
+    """
+    from lwm.mesh import data_sharding, make_mesh, replicated, state_shardings
+    from lwm.model.llama import LlamaModel
+    from lwm.train.optimizer import make_optimizer
+    from lwm.train.step import BATCH_KEYS, init_train_state, make_train_step, train_state_shardings
+
+    mesh = make_mesh(config.mesh)
+    optimizer = make_optimizer(config.train)
+    with jax.set_mesh(mesh):
+        abstract = nnx.eval_shape(lambda: LlamaModel(config.model, rngs=nnx.Rngs(0)))
+        graphdef, params = nnx.split(abstract)
+        shardings = state_shardings(params, mesh)
+        params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
+        state_sharding = train_state_shardings(optimizer, params, shardings, replicated(mesh))
+        state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            jax.eval_shape(lambda p: init_train_state(p, optimizer), params), state_sharding,
+        )
+        batch_sharding = data_sharding(mesh)
+        dtypes = {"input_is_vision": np.bool_, "target_is_vision": np.bool_, "loss_weight": np.float32}
+        batch = {key: jax.ShapeDtypeStruct((config.data.batch_size, config.data.seq_len),
+                                           dtypes.get(key, np.int32), sharding=batch_sharding)
+                 for key in BATCH_KEYS}
+        step = make_train_step(graphdef, optimizer, config.train, config.data)
+        compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch).compile()
+    analysis = compiled.memory_analysis()
+    return {
+        "argument_bytes": int(analysis.argument_size_in_bytes),
+        "output_bytes": int(analysis.output_size_in_bytes),
+        "alias_bytes": int(analysis.alias_size_in_bytes),
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+        "peak_bytes": int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                          - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes),
+    }
