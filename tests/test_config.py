@@ -10,11 +10,36 @@ from lwm.mesh import make_mesh, resolve_axis_sizes
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*.yaml"))
-                         + sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("long/*.yaml")))
+TRAIN_PRESETS = sorted(
+    str(path.relative_to(CONFIGS))
+    for pattern in ("*.yaml", "long/*.yaml", "vision/*.yaml", "chat/*.yaml")
+    for path in CONFIGS.glob(pattern)
+    if path.name != "demo.yaml"
+)
+
+
+@pytest.mark.parametrize("path", TRAIN_PRESETS)
 def test_every_preset_loads_and_validates(path):
     config = load_config(TrainRunConfig, CONFIGS / path)
     assert config.model.num_layers > 0
+
+
+def test_demo_config_and_launchers_point_at_real_presets():
+    from lwm.demo import DemoConfig
+
+    assert load_config(DemoConfig, CONFIGS / "demo.yaml").model.num_layers > 0
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    launchers = sorted(scripts.glob("launch_*.sh"))
+    assert len(launchers) == 4
+    for launcher in launchers:
+        named = [word for word in launcher.read_text().split() if word.startswith("configs/")]
+        assert named and all((CONFIGS.parent / path).is_file() for path in named), launcher
+
+
+def test_stage_progression_preset():
+    config = load_config(TrainRunConfig, CONFIGS / "long/lwm-text-stages.yaml")
+    assert [(s.seq_len, s.rope_theta) for s in config.stages] == [
+        (32768, 1e6), (131072, 1e7), (262144, 1e7), (524288, 2.5e7), (1048576, 5e7)]
 
 
 def test_long_context_presets_follow_lwm_progression():
