@@ -15,7 +15,9 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "lwm.cli.train",
     "lwm.cli.data",
+    "lwm.cli.tokenize",
     "lwm.cli.vq",
+    "lwm.cli.infer",
     "lwm.cli.convert",
     "lwm.cli.worldmodels",
 )

@@ -1,0 +1,39 @@
+"""`lwm tokenize`: a manifest of videos and text into a token store."""
+
+from __future__ import annotations
+
+import argparse
+
+from lwm.cli.common import add_config_command
+
+DESCRIPTION = """\
+Tokenize videos and their text into a token store for training. The manifest is JSONL: one
+object per line with a video path (a file PyAV reads: mp4, webm, gif, ...; or a folder of
+images) in `video_field` plus text fields. Frames are sampled, VQ-encoded with `vq_tokenizer`
+(a `lwm train-vq` run, a diffusers VQModel folder, or LWM's vqgan file), written as LWM-format
+JSONL to `codes_path`, then tokenized by the `data` section's field template. Interrupted runs
+resume; unreadable files are listed and skipped when data.on_bad_record is skip.
+
+examples:
+  lwm tokenize --config configs/data/tokenize_videos.yaml
+  lwm tokenize --config configs/data/tokenize_videos.yaml --manifest clips.jsonl \\
+      --vq_tokenizer runs/vq --data.store_path data/clips-store --num_frames 16
+"""
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lwm.config import ConfigError, load_config
+    from lwm.config.tokenize import TokenizeConfig
+    from lwm.train.tokenize import tokenize_videos
+
+    if args.config is None and not overrides:
+        raise ConfigError("lwm tokenize needs --config PATH or the fields as overrides")
+    config = load_config(TokenizeConfig, args.config, overrides)
+    print(tokenize_videos(config).describe())
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds `lwm tokenize`."""
+    add_config_command(subparsers, "tokenize", help="videos + text into a token store",
+                       description=DESCRIPTION, run=_run)

@@ -1,0 +1,146 @@
+"""Training benchmarks: throughput and MFU against this machine's matmul rate, and the longest
+sequence a model trains on within a memory budget (ring attention against dense).
+
+Each measurement takes the median of repeated steps and brackets them with timings of a
+2048² float32 matmul, so a fraction of the matmul rate is reported beside raw numbers (CPU
+speed drifts within seconds). Memory comes from XLA's compiled memory analysis of the real
+sharded train step, per device, times the device count (fake CPU devices share host memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+
+import numpy as np
+from flax import nnx
+
+from lwm.config import TrainRunConfig
+from lwm.train.metrics import measure_matmul_flops, train_flops_per_token
+
+
+@dataclasses.dataclass(frozen=True)
+class ThroughputResult:
+    """Median step time, tokens/s, achieved FLOP/s and its fraction of the matmul rate."""
+
+    name: str
+    seq_len: int
+    batch_size: int
+    step_seconds: float
+    tokens_per_second: float
+    achieved_flops: float
+    matmul_flops: float
+
+    @property
+    def mfu(self) -> float:
+        """Achieved FLOP/s over the measured matmul FLOP/s of all devices' shared cores."""
+        return self.achieved_flops / self.matmul_flops
+
+
+def _synthetic_batch(config: TrainRunConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shape = (config.data.batch_size, config.data.seq_len)
+    tokens = rng.integers(0, config.model.vocab_size, size=shape).astype(np.int32)
+    return {
+        "input_ids": tokens, "target_ids": np.roll(tokens, -1, axis=1),
+        "segment_ids": np.ones(shape, np.int32),
+        "positions": np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape).copy(),
+        "input_is_vision": np.zeros(shape, bool), "target_is_vision": np.zeros(shape, bool),
+        "loss_weight": np.ones(shape, np.float32),
+    }
+
+
+def compile_train_step(config: TrainRunConfig) -> tuple[Any, Any, Any, Any]:
+    """The compiled sharded train step, its initial state and a global synthetic batch."""
+    from lwm.mesh import data_sharding, make_mesh, replicated, state_shardings
+    from lwm.model.attention import sequence_permutation
+    from lwm.model.llama import LlamaModel
+    from lwm.train.optimizer import make_optimizer
+    from lwm.train.step import init_train_state, make_train_step, train_state_shardings
+
+    mesh = make_mesh(config.mesh)
+    optimizer = make_optimizer(config.train)
+    with jax.set_mesh(mesh):
+        abstract = nnx.eval_shape(lambda: LlamaModel(config.model, rngs=nnx.Rngs(0)))
+        graphdef, abstract_params = nnx.split(abstract)
+        param_shardings = state_shardings(abstract_params, mesh)
+        shardings = train_state_shardings(optimizer, abstract_params, param_shardings, replicated(mesh))
+
+        def create():
+            params = nnx.split(LlamaModel(config.model, rngs=nnx.Rngs(0)))[1]
+            return init_train_state(params, optimizer)
+
+        state = jax.jit(create, out_shardings=shardings)()
+        batch = {key: jax.device_put(value, data_sharding(mesh)) for key, value in _synthetic_batch(config).items()}
+        step = make_train_step(graphdef, optimizer, config.train, config.data,
+                               sequence_permutation(config.model, mesh.shape["sp"]))
+        compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch).compile()
+    return compiled, state, batch, mesh
+
+
+def measure_throughput(name: str, config: TrainRunConfig, repeats: int = 5) -> ThroughputResult:
+    """Median time of `repeats` train steps after a warm-up step."""
+    compiled, state, batch, mesh = compile_train_step(config)
+    with jax.set_mesh(mesh):
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        rate_before = measure_matmul_flops()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - start)
+        rate_after = measure_matmul_flops()
+    step_seconds = float(np.median(times))
+    tokens = config.data.batch_size * config.data.seq_len
+    achieved = tokens * train_flops_per_token(config.model, config.data.seq_len) / step_seconds
+    return ThroughputResult(name, config.data.seq_len, config.data.batch_size, step_seconds,
+                            tokens / step_seconds, achieved, (rate_before + rate_after) / 2)
+
+
+def compiled_peak_bytes(config: TrainRunConfig) -> int:
+    """Peak bytes of one train step summed over devices, from XLA's memory analysis."""
+    from lwm.train.plan import measured_train_step_bytes
+
+    return measured_train_step_bytes(config)["peak_bytes"] * jax.device_count()
+
+
+def longest_trainable_sequence(
+    base: TrainRunConfig, budget_bytes: int, start: int = 1024, limit: int = 1 << 22
+) -> tuple[int, dict[int, int]]:
+    """The longest power-of-two sequence whose train step fits `budget_bytes` in total."""
+    seq_len, best, seen = start, 0, {}
+    while seq_len <= limit:
+        config = dataclasses.replace(
+            base,
+            data=dataclasses.replace(base.data, seq_len=seq_len),
+            model=dataclasses.replace(base.model, max_seq_len=max(base.model.max_seq_len, seq_len)),
+        )
+        try:
+            peak = compiled_peak_bytes(config)
+        except Exception as error:  # XLA refuses buffers beyond addressable memory
+            seen[seq_len] = -1
+            print(f"  seq {seq_len}: does not compile ({type(error).__name__})", flush=True)
+            break
+        seen[seq_len] = peak
+        print(f"  seq {seq_len}: {peak / 2**30:.2f} GiB", flush=True)
+        if peak > budget_bytes:
+            break
+        best = seq_len
+        seq_len *= 2
+    return best, seen
+
+
+def float32_matmul_rate() -> float:
+    """This machine's float32 matmul FLOP/s (median of a few 2048² products)."""
+    return measure_matmul_flops()
+
+
+__all__ = [
+    "ThroughputResult", "compile_train_step", "compiled_peak_bytes", "float32_matmul_rate",
+    "longest_trainable_sequence", "measure_throughput",
+]
