@@ -126,6 +126,7 @@ def _run_chat(args: argparse.Namespace, overrides: list[str]) -> int:
     session = ChatSession(
         engine, tokenizer, cache_size=config.cache.max_len or None, max_new_tokens=sampling.max_new_tokens,
         sampling=sampling.params(), template=config.chat.template, seed=sampling.seed,
+        stop_ids=(tokenizer.eos_id, *sampling.stop_tokens),
     )
     if config.chat.question:
         print(f"USER: {config.chat.question}")
@@ -176,7 +177,7 @@ def _run_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     vq = _vq(config)
     codes = generate_vision(
         engine, tokenizer, section.prompt, num_frames=section.num_frames, image=section.image.stage(),
-        video=section.video.stage(), seed=config.sampling.seed,
+        video=section.video.stage(), seed=config.sampling.seed, cache_size=config.cache.max_len or None,
     )
     frames = codes_to_frames(vq, codes[0])
     written = write_frames(frames, section.output, fps=section.fps)

@@ -11,9 +11,10 @@ positions a prompt would have alone, so a padded batch decodes exactly like sing
 Padding entries are never written (their positions are -1) and never attended.
 
 On a mesh whose `sp` axis is larger than one, the cache is split along its position axis over
-`sp` (device `i` holds a contiguous slice); every layer writes with `update_sharded_cache`
-and attends with `ring_decode_attention` inside `jax.shard_map`, so a context too large for
-one device spreads over many: the path to 1M tokens.
+`sp` (device `i` holds a contiguous slice); inside `jax.shard_map` every layer writes the
+positions a device owns (the rule of `ringattention.update_sharded_cache`, as one in-place
+scatter into the all-layer buffer) and attends with `ring_decode_attention`, so a context too
+large for one device spreads over many: the path to 1M tokens.
 """
 
 from __future__ import annotations
@@ -34,11 +35,10 @@ from lwm.config import MeshConfig, ModelConfig
 from lwm.mesh import logical_to_spec, make_mesh, state_shardings
 from lwm.model.llama import LlamaModel, rope_cos_sin
 from lwm.infer.sampling import SamplingParams, VisionSchedule, classifier_free_guidance, sample_tokens
-from ringattention import decode_attention, ring_decode_attention, update_cache, update_sharded_cache
+from ringattention import decode_attention, ring_decode_attention
 
-# Logical axes of cache arrays and of the arrays that enter the sharded attention.
+# Logical axes of the cache arrays `[layers, batch, size, kv_heads, head_dim]`.
 CACHE_AXES = (None, "batch", "seq", "act_kv_heads", None)
-_LAYER_CACHE_AXES = ("batch", "seq", "act_kv_heads", None)
 
 
 @jax.tree_util.register_dataclass
@@ -82,53 +82,71 @@ def _spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh):
     return logical_to_spec(axes, shape, mesh)
 
 
-def _attend_layer(
+def _write_layer(k_all, v_all, k_new_BTKD, v_new_BTKD, index, positions_BT, sharded: bool):
+    """Writes layer `index`'s new keys/values into this device's all-layer cache, in place.
+
+    The rule is `ringattention.update_cache` / `update_sharded_cache`'s (device `i` of `sp`
+    owns positions `i*size ... (i+1)*size - 1`; positions it does not own, and -1 for padding,
+    are not written), applied with the layer as a leading index of one scatter into the carried
+    buffer. Calling those functions on a slice of one layer instead copies the whole slice
+    every step, which measured twice as slow (see docs/benchmarks_infer.md).
+    """
+    size = k_all.shape[2]
+    local_BT = positions_BT - (jax.lax.axis_index("sp") * size if sharded else 0)
+    local_BT = jnp.where((local_BT >= 0) & (local_BT < size), local_BT, size)  # size is dropped
+    rows = jnp.arange(k_all.shape[1])[:, None]
+    return (k_all.at[index, rows, local_BT].set(k_new_BTKD.astype(k_all.dtype), mode="drop"),
+            v_all.at[index, rows, local_BT].set(v_new_BTKD.astype(v_all.dtype), mode="drop"))
+
+
+def _attend_cached(
     q_BTHD: jax.Array,
     k_new_BTKD: jax.Array,
     v_new_BTKD: jax.Array,
-    k_cache_BSKD: jax.Array,
-    v_cache_BSKD: jax.Array,
+    k_all: jax.Array,
+    v_all: jax.Array,
+    index: jax.Array | int,
     positions_BT: jax.Array,
     visible_B: jax.Array,
     *,
     mesh: Mesh,
     key_chunk_size: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Writes the new keys/values into one layer's cache, then attends the queries to it."""
-    if mesh.shape["sp"] == 1:
-        k_cache_BSKD, v_cache_BSKD = update_cache(k_cache_BSKD, v_cache_BSKD, k_new_BTKD, v_new_BTKD, positions_BT)
-        out = decode_attention(
-            q_BTHD, k_cache_BSKD, v_cache_BSKD, q_positions=positions_BT, cache_length=visible_B,
-            key_chunk_size=key_chunk_size,
-        )
-        return out, k_cache_BSKD, v_cache_BSKD
+    """Writes layer `index`'s new keys/values into the cache, then attends the queries to it.
 
-    q_spec = _spec(("batch", None, "act_heads", None), q_BTHD.shape, mesh)
-    new_spec = _spec(("batch", None, "act_kv_heads", None), k_new_BTKD.shape, mesh)
-    cache_spec = _spec(_LAYER_CACHE_AXES, k_cache_BSKD.shape, mesh)
-    if q_spec[2] != new_spec[2] or new_spec[2] != cache_spec[2]:
-        # Query and key heads must split the same way so each device keeps whole groups.
-        q_spec = _spec(("batch", None, None, None), q_BTHD.shape, mesh)
-        new_spec = _spec(("batch", None, None, None), k_new_BTKD.shape, mesh)
-        cache_spec = _spec(("batch", "seq", None, None), k_cache_BSKD.shape, mesh)
+    Runs inside `jax.shard_map` over the whole mesh: rows split over the batch axes, heads over
+    `tp` when it divides the key/value heads, cache positions over `sp`. With `sp` > 1 every
+    device writes the positions it owns (`update_sharded_cache`'s rule) and attends to its
+    slice, merged exactly across `sp` (`ring_decode_attention`); otherwise `decode_attention`
+    runs on the whole (local) cache.
+    """
+    sharded = mesh.shape["sp"] > 1
+    cache_spec = _spec(CACHE_AXES, k_all.shape, mesh)
+    heads = cache_spec[3]  # tp when it divides the key/value heads (then it divides the query heads too)
+    q_spec = _spec(("batch", None, "act_heads" if heads else None, None), q_BTHD.shape, mesh)
+    new_spec = _spec(("batch", None, "act_kv_heads" if heads else None, None), k_new_BTKD.shape, mesh)
     row_spec = _spec(("batch", None), positions_BT.shape, mesh)
     length_spec = _spec(("batch",), visible_B.shape, mesh)
+    index = jnp.asarray(index, jnp.int32)
 
-    def local(q, k_new, v_new, k_cache, v_cache, positions, visible):
-        k_cache, v_cache = update_sharded_cache(k_cache, v_cache, k_new, v_new, positions, axis_name="sp")
-        out = ring_decode_attention(
-            q, k_cache, v_cache, axis_name="sp", q_positions=positions, cache_length=visible,
-            key_chunk_size=key_chunk_size,
-        )
-        return out, k_cache, v_cache
+    def local(q, k_new, v_new, k_all, v_all, index, positions, visible):
+        k_all, v_all = _write_layer(k_all, v_all, k_new, v_new, index, positions, sharded)
+        k_layer, v_layer = k_all[index], v_all[index]
+        if sharded:
+            out = ring_decode_attention(q, k_layer, v_layer, axis_name="sp", q_positions=positions,
+                                        cache_length=visible, key_chunk_size=key_chunk_size)
+        else:
+            out = decode_attention(q, k_layer, v_layer, q_positions=positions, cache_length=visible,
+                                   key_chunk_size=key_chunk_size)
+        return out, k_all, v_all
 
     return jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(q_spec, new_spec, new_spec, cache_spec, cache_spec, row_spec, length_spec),
+        in_specs=(q_spec, new_spec, new_spec, cache_spec, cache_spec, _spec((), (), mesh), row_spec, length_spec),
         out_specs=(q_spec, cache_spec, cache_spec),
         check_vma=False,
-    )(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BSKD, v_cache_BSKD, positions_BT, visible_B)
+    )(q_BTHD, k_new_BTKD, v_new_BTKD, k_all, v_all, index, positions_BT, visible_B)
 
 
 def extend_cache(
@@ -159,15 +177,15 @@ def extend_cache(
     x_BTE = model.embed_tokens(input_ids_BT, input_is_vision_BT if config.has_vision else None)
     cache_dtype = cache.k.dtype
 
-    def run_layer(block, x_BTE, k_layer, v_layer):
+    def run_layer(block, x_BTE, k_all, v_all, index):
         q, k, v = block.attention.project_qkv(block.attention_norm(x_BTE), cos_BTD, sin_BTD)
-        out, k_layer, v_layer = _attend_layer(
-            q, k.astype(cache_dtype), v.astype(cache_dtype), k_layer, v_layer, positions_BT, visible_B,
+        out, k_all, v_all = _attend_cached(
+            q, k.astype(cache_dtype), v.astype(cache_dtype), k_all, v_all, index, positions_BT, visible_B,
             mesh=mesh, key_chunk_size=key_chunk_size,
         )
         x_BTE = x_BTE + block.attention.project_out(out.astype(x_BTE.dtype))
         x_BTE = x_BTE + block.mlp(block.mlp_norm(x_BTE))
-        return x_BTE, k_layer, v_layer
+        return x_BTE, k_all, v_all
 
     k_all, v_all = cache.k, cache.v
     if config.scan_layers:
@@ -175,18 +193,13 @@ def extend_cache(
 
         def body(carry, layer_params):
             x, k_all, v_all, index = carry
-            block = nnx.merge(layer_graphdef, layer_params)
-            x, k_layer, v_layer = run_layer(block, x, k_all[index], v_all[index])
-            k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_layer, index, 0)
-            v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_layer, index, 0)
+            x, k_all, v_all = run_layer(nnx.merge(layer_graphdef, layer_params), x, k_all, v_all, index)
             return (x, k_all, v_all, index + 1), None
 
         (x_BTE, k_all, v_all, _), _ = jax.lax.scan(body, (x_BTE, k_all, v_all, jnp.int32(0)), layer_state)
     else:
         for index, block in enumerate(model.layers):
-            x_BTE, k_layer, v_layer = run_layer(block, x_BTE, k_all[index], v_all[index])
-            k_all = k_all.at[index].set(k_layer)
-            v_all = v_all.at[index].set(v_layer)
+            x_BTE, k_all, v_all = run_layer(block, x_BTE, k_all, v_all, index)
     return KVCache(k_all, v_all, visible_B), model.final_norm(x_BTE)
 
 
@@ -288,7 +301,8 @@ class InferenceModel:
 
     `mesh` defaults to one device. Parameters follow the project's sharding rules
     (`lwm.mesh.state_shardings`); the cache is split over `sp` along its positions. The
-    cache size is always a multiple of `key_chunk_size * sp` (`round_cache_size`).
+    cache size is always a multiple of `key_chunk_size * sp` (`round_cache_size`). Compiled
+    steps depend on the cache shape: `min_cache_size` makes small requests share one size.
 
     Example::
 
@@ -306,6 +320,7 @@ class InferenceModel:
         cache_dtype: str | None = None,
         prefill_chunk_size: int = 512,
         key_chunk_size: int = 512,
+        min_cache_size: int = 0,
         progress: bool = True,
     ):
         if prefill_chunk_size <= 0 or key_chunk_size <= 0:
@@ -317,6 +332,7 @@ class InferenceModel:
         self.cache_dtype = jnp.dtype(cache_dtype or self.config.dtype)
         self.prefill_chunk_size = prefill_chunk_size
         self.key_chunk_size = key_chunk_size
+        self.min_cache_size = min_cache_size
         self.progress = progress
         self.graphdef, state = nnx.split(model)
         with jax.set_mesh(self.mesh):
@@ -330,9 +346,10 @@ class InferenceModel:
         return int(self.mesh.shape["sp"])
 
     def round_cache_size(self, positions: int) -> int:
-        """The smallest valid cache size holding `positions` (a multiple of key chunk × sp)."""
+        """The smallest valid cache size holding `positions` (a multiple of key chunk × sp), and
+        at least `min_cache_size`: requests of different lengths then share compiled steps."""
         unit = self.key_chunk_size * self.sequence_parallel
-        return max(unit, math.ceil(positions / unit) * unit)
+        return math.ceil(max(positions, self.min_cache_size, 1) / unit) * unit
 
     def cache_sharding(self, batch: int, size: int) -> NamedSharding:
         """How cache arrays `[layers, batch, size, kv_heads, head_dim]` lie on the mesh."""

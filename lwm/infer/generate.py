@@ -178,6 +178,7 @@ def _guided_stage(
     schedule: VisionSchedule,
     stage: VisionSampling,
     key: jax.Array,
+    cache_size: int | None,
 ) -> np.ndarray:
     """Prefills conditional and unconditional prompts together and decodes vision tokens."""
     rows = conditional + unconditional
@@ -185,7 +186,7 @@ def _guided_stage(
     if not guided:  # scale 1 is exactly the conditional model: skip the unconditional half
         rows = conditional
     longest = max(len(ids) for ids, _ in rows)
-    cache = engine.init_cache(len(rows), engine.round_cache_size(longest + schedule.total_tokens))
+    cache = engine.init_cache(len(rows), engine.round_cache_size(max(cache_size or 0, longest + schedule.total_tokens)))
     cache, hidden = engine.prefill(cache, [ids for ids, _ in rows], [flags for _, flags in rows],
                                    description="prefill vision prompt")
     _, _, tokens = engine.decode(
@@ -205,10 +206,12 @@ def generate_vision(
     video: VisionSampling = VisionSampling(cfg_scale=5.0, sampling=SamplingParams(temperature=1.0, top_k=100)),
     seed: int = 0,
     template: ChatTemplateConfig = ChatTemplateConfig(),
+    cache_size: int | None = None,
 ) -> np.ndarray:
     """VQ codes `[prompts, num_frames, tokens_per_frame]` for one or more text prompts.
 
-    The model must have a vision head (`vision_vocab_size > 0`).
+    The model must have a vision head (`vision_vocab_size > 0`). Each stage's cache holds its
+    prompts and tokens, or `cache_size` positions if that is more.
     """
     config = engine.config
     if not config.has_vision:
@@ -227,7 +230,7 @@ def generate_vision(
     first_schedule = VisionSchedule(tokens_per_frame, codebook, 1, end_with_eov=num_frames == 1)
     first = _guided_stage(
         engine, as_rows([c for c, _ in image_prompts]), as_rows([u for _, u in image_prompts]),
-        first_schedule, image, key_image,
+        first_schedule, image, key_image, cache_size,
     )  # [B, tokens_per_frame + 1]
     frames = [first[:, :tokens_per_frame]]
     if num_frames > 1:
@@ -238,7 +241,7 @@ def generate_vision(
             conditional.append((cond + frame, [False] * len(cond) + [True] * len(frame)))
             unconditional.append((uncond + frame, [False] * len(uncond) + [True] * len(frame)))
         rest_schedule = VisionSchedule(tokens_per_frame, codebook, num_frames - 1, end_with_eov=True)
-        rest = _guided_stage(engine, conditional, unconditional, rest_schedule, video, key_video)
+        rest = _guided_stage(engine, conditional, unconditional, rest_schedule, video, key_video, cache_size)
         rest = rest.reshape(len(prompts), num_frames - 1, tokens_per_frame + 1)[:, :, :tokens_per_frame]
         frames.append(rest.reshape(len(prompts), -1))
     codes = np.concatenate(frames, axis=1).reshape(len(prompts), num_frames, tokens_per_frame)

@@ -67,8 +67,10 @@ class ChatSession:
         sampling: SamplingParams = SamplingParams(),
         template: ChatTemplateConfig = ChatTemplateConfig(),
         seed: int = 0,
+        stop_ids: Sequence[int] | None = None,
     ):
         check_text_vocabulary(engine, tokenizer)
+        self.stop_ids = tuple(stop_ids) if stop_ids is not None else (tokenizer.eos_id,)
         self.engine = engine
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -107,7 +109,8 @@ class ChatSession:
         ids = [int(token) for token in example.tokens]
         flags = [bool(flag) for flag in example.is_vision]
         if not first and not self._ended_with_eos:
-            # The previous answer was cut at max_new_tokens: close it as training data does.
+            # The previous answer was cut (max_new_tokens or another stop id): close it with </s>
+            # as the training data does.
             ids, flags = [self.tokenizer.eos_id] + ids, [False] + flags
         return ids, flags
 
@@ -124,13 +127,13 @@ class ChatSession:
             )
         self.cache, hidden = self.engine.prefill(self.cache, [ids], [flags], description="prefill turn")
         self.key, key = jax.random.split(self.key)
-        stops = (self.tokenizer.eos_id,)
         self.cache, _, tokens = self.engine.decode(
             self.cache, hidden, max_new_tokens=self.max_new_tokens, sampling=self.sampling, key=key,
-            stop_ids=stops,
+            stop_ids=self.stop_ids,
         )
-        answer_ids, stopped = split_generated(np.asarray(jax.device_get(tokens))[0], stops)
-        self._ended_with_eos = stopped
+        row = np.asarray(jax.device_get(tokens))[0]
+        answer_ids, stopped = split_generated(row, self.stop_ids)
+        self._ended_with_eos = stopped and int(row[len(answer_ids)]) == self.tokenizer.eos_id
         answer = self.tokenizer.decode(answer_ids).strip()
         self.turns.append(Turn(question, answer, len(ids), len(answer_ids), stopped))
         return answer

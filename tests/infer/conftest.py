@@ -22,14 +22,16 @@ def small_model():
 def single_engine(small_model):
     from lwm.infer.cache import InferenceModel
 
-    return InferenceModel(small_model, None, prefill_chunk_size=CHUNK, key_chunk_size=CHUNK)
+    return InferenceModel(small_model, None, prefill_chunk_size=CHUNK, key_chunk_size=CHUNK,
+                           min_cache_size=256)
 
 
 @pytest.fixture(scope="session")
 def sharded_engine(small_model, mesh_sp8):
     from lwm.infer.cache import InferenceModel
 
-    return InferenceModel(small_model, mesh_sp8, prefill_chunk_size=CHUNK, key_chunk_size=CHUNK)
+    return InferenceModel(small_model, mesh_sp8, prefill_chunk_size=CHUNK, key_chunk_size=CHUNK,
+                           min_cache_size=256)
 
 
 @pytest.fixture(scope="session")

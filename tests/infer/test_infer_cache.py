@@ -60,11 +60,17 @@ def test_cached_decoding_matches_full_forward(scan_layers, small_model):
     engine = InferenceModel(model, None, prefill_chunk_size=CHUNK, key_chunk_size=CHUNK)
     ids, flags = _sequences()
     rows, last = _cached_hidden(engine, ids, flags)
-    for row, (tokens, vision) in enumerate(zip(ids, flags)):
-        text_full, vision_full = model.logits_both_heads(jnp.asarray(tokens[None]), input_is_vision_BT=jnp.asarray(vision[None]))
+    # One full forward over both rows, right-padded: causality keeps padding out of real tokens.
+    longest = max(len(row) for row in ids)
+    text_full, vision_full = model.logits_both_heads(
+        jnp.asarray(pad_right(ids, longest)), input_is_vision_BT=jnp.asarray(pad_right(flags, longest, False)))
+    for row, tokens in enumerate(ids):
         hidden = jnp.asarray(rows[row][None])
-        np.testing.assert_allclose(np.asarray(model.text_logits(hidden))[0], np.asarray(text_full)[0], atol=1e-4)
-        np.testing.assert_allclose(np.asarray(model.vision_logits(hidden))[0], np.asarray(vision_full)[0], atol=1e-4)
+        count = len(tokens)
+        np.testing.assert_allclose(np.asarray(model.text_logits(hidden))[0], np.asarray(text_full)[row, :count],
+                                   atol=1e-4)
+        np.testing.assert_allclose(np.asarray(model.vision_logits(hidden))[0], np.asarray(vision_full)[row, :count],
+                                   atol=1e-4)
         # prefill's last hidden is the hidden of the prompt's last token
         np.testing.assert_allclose(last[row], rows[row][PROMPTS[row] - 1], atol=1e-5)
 
@@ -107,7 +113,7 @@ def test_a_padded_batch_decodes_like_single_prompts(single_engine):
 
 
 def test_cache_sizes_are_checked(single_engine, sharded_engine):
-    assert sharded_engine.round_cache_size(1) == CHUNK * 8
+    assert sharded_engine.round_cache_size(1) == 256  # min_cache_size; multiples of 16 x 8 above
     assert sharded_engine.round_cache_size(300) == 384
     with pytest.raises(ValueError, match="multiple of key_chunk_size"):
         sharded_engine.init_cache(1, 200)
@@ -116,3 +122,31 @@ def test_cache_sizes_are_checked(single_engine, sharded_engine):
         single_engine.prefill(cache, [list(range(CHUNK + 1))])
     with pytest.raises(ValueError, match="exceed the cache size"):
         single_engine.decode(cache, jnp.zeros((1, SMALL.hidden_size)), max_new_tokens=CHUNK + 1)
+
+
+def test_layer_write_follows_the_sharded_cache_update_rule(mesh_sp8):
+    from lwm.infer.cache import CACHE_AXES, _write_layer
+    from lwm.mesh import logical_to_spec
+    from ringattention import update_sharded_cache
+
+    rng = np.random.default_rng(0)
+    k_all = jnp.asarray(rng.normal(size=(3, 2, 64, 2, 4)), jnp.float32)
+    v_all = k_all + 1.0
+    k_new = jnp.asarray(rng.normal(size=(2, 5, 2, 4)), jnp.float32)
+    positions = jnp.asarray([[6, 7, 8, 9, 10], [40, 41, -1, -1, 63]], jnp.int32)
+    cache_spec = logical_to_spec(CACHE_AXES, k_all.shape, mesh_sp8)
+    replicated = [logical_to_spec((None,) * rank) for rank in (4, 2)]
+
+    def local(k_all, v_all, k_new, positions):
+        ours = _write_layer(k_all, v_all, k_new, k_new, 1, positions, sharded=True)
+        theirs = update_sharded_cache(k_all[1], v_all[1], k_new, k_new, positions, axis_name="sp")
+        return ours[0], ours[1], theirs[0]
+
+    with jax.set_mesh(mesh_sp8):
+        ours_k, ours_v, theirs_k = jax.jit(jax.shard_map(
+            local, mesh=mesh_sp8, in_specs=(cache_spec, cache_spec, *replicated[:1], replicated[1]),
+            out_specs=(cache_spec, cache_spec, logical_to_spec(CACHE_AXES[1:], k_all.shape[1:], mesh_sp8)),
+            check_vma=False))(k_all, v_all, k_new, positions)
+    np.testing.assert_array_equal(np.asarray(ours_k)[1], np.asarray(theirs_k))
+    np.testing.assert_array_equal(np.asarray(ours_k)[[0, 2]], np.asarray(k_all)[[0, 2]])  # other layers untouched
+    np.testing.assert_array_equal(np.asarray(ours_v)[1, 1, 40], np.asarray(k_new)[1, 0])
