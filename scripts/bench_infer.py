@@ -20,7 +20,7 @@ on a shared machine.
 Example (the run recorded in docs/benchmarks_infer.md)::
 
     .venv/bin/python scripts/bench_infer.py --devices 8 --prefill-lengths 1024,4096,16384 \\
-        --decode-lengths 4096,32768,262144,1048576 --markdown docs/benchmarks_infer_run.md
+        --decode-lengths 4096,32768,262144,1048576 --markdown /tmp/bench_infer.md
 """
 
 from __future__ import annotations
