@@ -294,8 +294,9 @@ class VQOutput:
 class VQGAN(nnx.Module):
     """The VQ video tokenizer: frames to codes and codes to frames.
 
-    Example: `model = VQGAN(config, rngs=nnx.Rngs(0)); codes = model.encode(pixels)` with
-    `pixels` float `[N, H, W, 3]` in [-1, 1] (see `frames_to_pixels`).
+    Example: `model = init_vqgan(config); codes = model.encode(frames_to_pixels(frames))` with
+    uint8 `frames` `[N, H, W, 3]`. (`init_vqgan` draws the same initial distributions as this
+    constructor, faster on CPU; `lwm.model.vqgan_convert` loads trained weights.)
     """
 
     def __init__(self, config: VQModelConfig, *, rngs: nnx.Rngs):

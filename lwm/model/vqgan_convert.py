@@ -350,11 +350,12 @@ def save_vq_checkpoint(directory: str | Path, model: VQGAN, run_config: Any | No
 
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    config_data = to_dict(run_config) if run_config is not None else {"model": to_dict(model.config)}
-    (directory / CHECKPOINT_CONFIG).write_text(yaml.safe_dump(config_data, sort_keys=False))
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory / CHECKPOINT_MODEL, nnx.state(model), force=True)
     checkpointer.wait_until_finished()
+    # The config is written last: a step directory with a config.yaml is complete.
+    config_data = to_dict(run_config) if run_config is not None else {"model": to_dict(model.config)}
+    (directory / CHECKPOINT_CONFIG).write_text(yaml.safe_dump(config_data, sort_keys=False))
     return directory
 
 
@@ -455,6 +456,10 @@ class VQTokenizer:
 
     def decode(self, codes_Nhw: np.ndarray) -> np.ndarray:
         """uint8 frames `[N, H, W, 3]` for codes `[N, h, w]`."""
+        return pixels_to_frames(self.decode_pixels(codes_Nhw))
+
+    def decode_pixels(self, codes_Nhw: np.ndarray) -> np.ndarray:
+        """float32 pixels (about [-1, 1], unclipped) `[N, H, W, 3]` for codes `[N, h, w]`."""
         codes = np.asarray(codes_Nhw)
         if codes.ndim != 3:
             raise ValueError(f"decode expects codes [N, h, w], got shape {codes.shape}")
@@ -464,8 +469,8 @@ class VQTokenizer:
             )
         if len(codes) == 0:
             side_h, side_w = (side * self.config.downsample_factor for side in codes.shape[1:])
-            return np.zeros((0, side_h, side_w, self.config.in_channels), np.uint8)
-        return pixels_to_frames(self._batched(codes.astype(np.int32), self._decode))
+            return np.zeros((0, side_h, side_w, self.config.in_channels), np.float32)
+        return self._batched(codes.astype(np.int32), self._decode)
 
 
 def load_vq_tokenizer(path: str | Path, *, batch_size: int = 32, resolution: int = 256) -> VQTokenizer:

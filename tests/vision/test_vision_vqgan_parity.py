@@ -2,6 +2,7 @@
 folder and from an LWM-layout parameter file give identical codes and matching pixels; the
 parameter-file loader refuses pickles that would run code."""
 
+import functools
 import os
 import pickle
 import re
@@ -13,10 +14,10 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 import jax  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from lwm.model.vqgan_convert import (  # noqa: E402
     UnsafeFileError,
+    VQTokenizer,
     WeightMappingError,
     diffusers_config_to_vq,
     load_lwm_vqgan,
@@ -41,6 +42,7 @@ VARIANTS = {
 }
 
 
+@functools.cache
 def _reference(variant: str, seed: int = 0):
     """A random tiny diffusers VQModel with a codebook drawn from its own latents (so that the
     codes are diverse), some uint8 frames, and diffusers' codes and decoded pixels for them."""
@@ -64,15 +66,26 @@ def _reference(variant: str, seed: int = 0):
     return model, frames, codes, decoded
 
 
-def _decode_float(vqgan, codes):
-    return np.asarray(nnx.jit(lambda model, codes: model.decode(codes))(vqgan, codes))
+@pytest.fixture(scope="module")
+def tokenizer_for(tmp_path_factory):
+    """Saves the variant's diffusers model with save_pretrained and loads it as our tokenizer
+    (once per variant and module)."""
+    loaded = {}
+
+    def get(variant: str):
+        if variant not in loaded:
+            folder = tmp_path_factory.mktemp(variant)
+            _reference(variant)[0].save_pretrained(folder)
+            loaded[variant] = load_vq_tokenizer(folder, resolution=32, batch_size=4)
+        return loaded[variant]
+
+    return get
 
 
 @pytest.mark.parametrize("variant", ["amused-like", "attention-spatial"])
-def test_diffusers_folder_parity(tmp_path, variant):
-    model, frames, codes, decoded = _reference(variant)
-    model.save_pretrained(tmp_path / "vq")
-    tokenizer = load_vq_tokenizer(tmp_path / "vq", resolution=32, batch_size=4)
+def test_diffusers_folder_parity(tokenizer_for, variant):
+    _, frames, codes, decoded = _reference(variant)
+    tokenizer = tokenizer_for(variant)
     assert tokenizer.config.norm_type == VARIANTS[variant]["norm_type"]
     assert tokenizer.config.downsample_factor == 4 and tokenizer.tokens_per_frame == 64
 
@@ -81,8 +94,8 @@ def test_diffusers_folder_parity(tmp_path, variant):
     assert len(np.unique(codes)) >= 16
     np.testing.assert_array_equal(ours, codes)
 
-    pixels = _decode_float(tokenizer.model, ours)
-    assert np.abs(pixels - decoded).max() < 1e-4
+    pixels = tokenizer.decode_pixels(ours)
+    assert pixels.dtype == np.float32 and np.abs(pixels - decoded).max() < 1e-4
     frames_back = tokenizer.decode(ours)
     assert frames_back.dtype == np.uint8 and frames_back.shape == frames.shape
     expected = np.clip(np.rint((decoded + 1) * 127.5), 0, 255)
@@ -142,10 +155,10 @@ def test_lwm_parameter_file_parity(tmp_path, fmt, variant):
     else:
         path.write_bytes(pickle.dumps(tree, protocol=4))
     config = diffusers_config_to_vq(dict(model.config), resolution=32)
-    vqgan = load_lwm_vqgan(path, config)
-    ours = np.asarray(nnx.jit(lambda model, x: model.encode(x))(vqgan, frames / 127.5 - 1.0))
+    tokenizer = VQTokenizer(load_lwm_vqgan(path, config), batch_size=4)
+    ours = tokenizer.encode(frames / 127.5 - 1.0)  # float pixels in [-1, 1] are accepted too
     np.testing.assert_array_equal(ours, codes)
-    assert np.abs(_decode_float(vqgan, ours) - decoded).max() < 1e-4
+    assert np.abs(tokenizer.decode_pixels(ours) - decoded).max() < 1e-4
 
 
 def test_lwm_file_with_wrong_names_is_reported(tmp_path):
@@ -191,10 +204,9 @@ def test_malicious_pickle_is_refused(tmp_path):
         np.testing.assert_array_equal(loaded["a"]["b"], np.arange(6).reshape(2, 3))
 
 
-def test_tokenizer_input_checks(tmp_path):
-    model, frames, _, _ = _reference("amused-like")
-    model.save_pretrained(tmp_path / "vq")
-    tokenizer = load_vq_tokenizer(tmp_path / "vq", resolution=32, batch_size=4)
+def test_tokenizer_input_checks(tokenizer_for):
+    _, frames, _, _ = _reference("amused-like")
+    tokenizer = tokenizer_for("amused-like")
     with pytest.raises(ValueError, match="multiple of the downsampling factor 4"):
         tokenizer.encode(np.zeros((1, 30, 32, 3), np.uint8))
     with pytest.raises(ValueError, match=r"codes must lie in \[0, 64\)"):
