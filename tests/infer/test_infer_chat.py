@@ -1,7 +1,6 @@
 """Chat and video QA: the LWM prompt, follow-up turns appended to the cache, video frames
 through the VQ tokenizer, vision generation end to end, and the written frame files."""
 
-import jax
 import numpy as np
 import pytest
 
