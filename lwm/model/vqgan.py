@@ -16,6 +16,11 @@ layer for layer (`lwm.model.vqgan_convert`). Layers, in order:
   SpatialNorm conditioned on the quantized latents.
 
 Tensors are NHWC; pixels are floats in [-1, 1]; codes are int32 `[N, h, w]`.
+
+diffusers' flags: `lookup_from_codebook` (decode from indices) is what `VQGAN.decode(codes)`
+does; `force_upcast` (keep the VAE in float32 under half precision) corresponds to computing
+the codebook distances in float32 whatever `dtype` the convolutions use; `scaling_factor` only
+matters for latent diffusion and is ignored. Weights are float32 throughout.
 """
 
 from __future__ import annotations

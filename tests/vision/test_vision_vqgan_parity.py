@@ -217,3 +217,42 @@ def test_tokenizer_input_checks(tokenizer_for):
     codes = tokenizer.encode(many)
     np.testing.assert_array_equal(codes[4:], codes[:3])
     assert jax.numpy.asarray(codes).shape == (7, 8, 8)
+
+
+# diffusers' config for the aMUSEd f16 VQGAN (amused/amused-256, subfolder vqvae) as REFERENCE.md
+# describes it: 128 channels x (1, 2, 2, 4, 6), 2 res blocks, no attention, 64-d latents, 8192 codes.
+AMUSED_VQ = dict(
+    act_fn="silu", block_out_channels=[128, 256, 256, 512, 768],
+    down_block_types=["DownEncoderBlock2D"] * 5, up_block_types=["UpDecoderBlock2D"] * 5,
+    in_channels=3, out_channels=3, latent_channels=64, layers_per_block=2, norm_num_groups=32,
+    norm_type="group", mid_block_add_attention=False, num_vq_embeddings=8192, vq_embed_dim=None,
+    lookup_from_codebook=True, force_upcast=False, sample_size=32,
+)
+
+
+def test_amused_f16_architecture_matches_diffusers_layer_for_layer():
+    """Every tensor of diffusers' aMUSEd VQModel maps onto a variable of our model built from
+    configs/vq/amused-f16.yaml with the same shape, and nothing is left over (no weights are
+    needed: torch builds the model on the meta device)."""
+    from pathlib import Path
+
+    from lwm.config import load_config
+    from lwm.config.vq import VQTrainRunConfig
+    from lwm.model.vqgan import abstract_vqgan
+    from lwm.model.vqgan_convert import _iter_variables, diffusers_state_to_ours
+
+    preset = Path(__file__).resolve().parents[2] / "configs" / "vq" / "amused-f16.yaml"
+    config = load_config(VQTrainRunConfig, preset).model
+    assert diffusers_config_to_vq(AMUSED_VQ, resolution=256) == config
+    with torch.device("meta"):
+        reference = diffusers.VQModel(**AMUSED_VQ)
+    state = {key: np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), tuple(value.shape),
+                                                  (0,) * value.dim())
+             for key, value in reference.state_dict().items()}
+    shapes = {name: value.shape for name, value in diffusers_state_to_ours(state).items()}
+    ours = {".".join(map(str, path)): tuple(variable.shape)
+            for path, variable in _iter_variables(abstract_vqgan(config))}
+    assert shapes == ours
+    assert ours["quantize.codebook"] == (8192, 64)
+    parameters = sum(int(np.prod(shape)) for shape in ours.values())
+    assert parameters == sum(value.numel() for value in reference.state_dict().values())
