@@ -35,7 +35,8 @@ STAGE_HELP = {
     "pictures": ("write V's reconstructions (PNG), a dream (GIF) and the agent (GIF)",
                  "lwm wm pictures --config configs/worldmodels/smoke.yaml"),
     "run": ("run every stage in order and record their times in run_dir/timings.json",
-            "lwm wm run --config configs/worldmodels/smoke.yaml --run_dir runs/wm-smoke"),
+            "lwm wm run --config configs/worldmodels/smoke.yaml --run_dir runs/wm-smoke\n"
+            "  lwm wm run --config configs/worldmodels/doom-smoke.yaml --from train-mdnrnn --mdnrnn.max_seconds 300"),
 }
 
 
@@ -54,7 +55,8 @@ def _run_stage(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = _load(args, overrides)
     if args.stage == "run":
-        pipeline.run_all(config, progress=not args.quiet)
+        names = list(pipeline.STAGES)
+        pipeline.run_all(config, progress=not args.quiet, stages=names[names.index(args.start):])
     else:
         print(pipeline.STAGES[args.stage](config, not args.quiet))
     return 0
@@ -77,4 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if name in ("train-controller", "run"):
             parser.add_argument("--dream", action="store_true",
                                 help="train C inside M's dream (same as --controller.dream true)")
+        if name == "run":
+            parser.add_argument("--from", dest="start", default="collect", choices=[s for s in STAGE_HELP if s != "run"],
+                                help="skip the stages before this one (their outputs must exist)")
         parser.set_defaults(func=_run_stage, accepts_overrides=True, stage=name)

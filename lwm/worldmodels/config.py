@@ -183,12 +183,14 @@ class ControllerConfig:
 class DreamConfig:
     """The dream: M run as the environment (paper: TakeCover at temperature 1.15, 2100 steps).
 
-    Z is drawn from M's mixture at `temperature`; an episode ends when M's done probability
-    exceeds `done_threshold` or after `max_steps`; the return is the number of steps survived.
+    Z is drawn from M's mixture at `temperature`; each step the episode ends with M's done
+    probability (`sample_done`), or, with `sample_done: false`, when that probability exceeds
+    `done_threshold`; at the latest after `max_steps`. The return is the number of steps survived.
     """
 
     temperature: float = 1.15
     max_steps: int = 2100
+    sample_done: bool = True
     done_threshold: float = 0.5
 
     def validate(self) -> None:

@@ -24,6 +24,10 @@ from lwm.worldmodels import checkpoint
 from lwm.worldmodels.config import WorldModelsConfig
 
 _WORKER: dict[str, Any] = {}
+# Jitted policy steps per (environment, controller shape, sample_z), and the largest batch each
+# has compiled in this process: smaller calls are padded up to it instead of compiling again.
+_POLICY_STEPS: dict[tuple[str, "ControllerSpec", bool], Any] = {}
+_COMPILED_BATCH: dict[tuple[str, "ControllerSpec", bool], int] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +90,14 @@ def spec_for(config: WorldModelsConfig, vae_meta: dict[str, Any], mdn_meta: dict
 
 
 def make_policy_step(env_name: str, spec: ControllerSpec, sample_z: bool):
+    """The (cached) jitted policy step; see `_build_policy_step`."""
+    key = (env_name, spec, sample_z)
+    if key not in _POLICY_STEPS:
+        _POLICY_STEPS[key] = _build_policy_step(env_name, spec, sample_z)
+    return _POLICY_STEPS[key]
+
+
+def _build_policy_step(env_name: str, spec: ControllerSpec, sample_z: bool):
     """A jitted `(vae, mdnrnn, θ [B, N], frames uint8 [B, 64, 64, 3], (h, c), start [B], key)
     → (model actions [B, A], (h, c))`; `start` is 1 on an episode's first step (M's TakeCover flag).
 
@@ -117,6 +129,7 @@ class LockstepRunner:
         self.config = config
         self.vae, self.mdnrnn, self.spec = vae, mdnrnn, spec
         self.step = make_policy_step(config.env.name, spec, sample_z)
+        self.step_key = (config.env.name, spec, sample_z)
         self.envs: list[Any] = []
         self.last_steps = 0  # environment steps taken by the last `run`, all episodes together
 
@@ -134,6 +147,8 @@ class LockstepRunner:
         count = len(seeds)
         if count > batch:
             raise ValueError(f"{count} episodes do not fit a batch of {batch}")
+        batch = max(batch, _COMPILED_BATCH.get(self.step_key, 0))
+        _COMPILED_BATCH[self.step_key] = batch
         while len(self.envs) < count:
             self.envs.append(make_env(self.config.env))
         theta_pad = np.zeros((batch, self.spec.num_params), np.float32)

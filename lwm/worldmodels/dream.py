@@ -27,7 +27,7 @@ from lwm.worldmodels.vae import decode_latents
 
 
 def _one_candidate(graphdef, spec, env_name, rollouts, max_steps, chunk,
-                   state, theta_N, z0_mu, z0_logvar, key, temperature, done_threshold):
+                   state, theta_N, z0_mu, z0_logvar, key, temperature, done_threshold, sample_done, done_offset):
     """Mean steps survived by one controller over `rollouts` dreams (traced under vmap)."""
     model = nnx.merge(graphdef, state)
     start_key, loop_key = jax.random.split(key)
@@ -38,7 +38,7 @@ def _one_candidate(graphdef, spec, env_name, rollouts, max_steps, chunk,
 
     def step(loop_state, _):
         (h, c), z, alive, survived, t, key = loop_state
-        key, sample_key = jax.random.split(key)
+        key, sample_key, done_key = jax.random.split(key, 3)
         features = jnp.concatenate([z, h, c] if spec.include_cell else [z, h], axis=-1)
         action = model_action_from_tanh(env_name, batched_controller_tanh(theta_RN, features, spec), jnp)
         start = jnp.full((rollouts,), t == 0, jnp.float32)
@@ -47,7 +47,9 @@ def _one_candidate(graphdef, spec, env_name, rollouts, max_steps, chunk,
         next_z = sample_mixture(sample_key, out.logmix, out.mean, out.logstd, temperature)
         active = alive & (t < max_steps)
         survived = survived + active.astype(jnp.float32)
-        alive = active & ~(jax.nn.sigmoid(out.done_logit) > done_threshold)
+        p_done = jax.nn.sigmoid(out.done_logit - done_offset)
+        done = jnp.where(sample_done, jax.random.uniform(done_key, p_done.shape) < p_done, p_done > done_threshold)
+        alive = active & ~done
         return ((h, c), next_z, alive, survived, t + 1, key), None
 
     def chunk_body(loop_state):
@@ -63,21 +65,26 @@ def _one_candidate(graphdef, spec, env_name, rollouts, max_steps, chunk,
 
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def _dream_population(graphdef, spec, env_name, rollouts, max_steps, chunk,
-                      state, theta_PN, z0_mu, z0_logvar, key, temperature, done_threshold, independent):
+                      state, theta_PN, z0_mu, z0_logvar, key, temperature, done_threshold, independent,
+                      sample_done, done_offset):
     # fold_in(key, 0) for every candidate shares the dreams; fold_in(key, p) gives each its own.
     keys = jax.vmap(lambda p: jax.random.fold_in(key, p * independent))(jnp.arange(theta_PN.shape[0]))
     one = partial(_one_candidate, graphdef, spec, env_name, rollouts, max_steps, chunk)
-    return jax.vmap(one, in_axes=(None, 0, None, None, 0, None, None))(
-        state, theta_PN, z0_mu, z0_logvar, keys, temperature, done_threshold)
+    return jax.vmap(one, in_axes=(None, 0, None, None, 0, None, None, None, None))(
+        state, theta_PN, z0_mu, z0_logvar, keys, temperature, done_threshold, sample_done, done_offset)
 
 
 def make_dream_fn(mdnrnn: MDNRNN, spec: ControllerSpec, env_name: str, rollouts: int, max_steps: int,
-                  temperature: float, done_threshold: float, chunk: int = 50):
+                  temperature: float, done_threshold: float, chunk: int = 50, sample_done: bool = True,
+                  done_pos_weight: float = 1.0):
     """A function `(θ [P, N], z0 mu [E, z], z0 logvar [E, z], key, shared=True) → returns [P]`.
 
     One jitted call; `returns[p]` is candidate p's mean number of steps survived over `rollouts`
-    dreams. With `shared` every candidate meets the same dreams, else each its own. Temperature
-    and threshold are traced values: changing them does not recompile.
+    dreams. With `shared` every candidate meets the same dreams, else each its own. A dream ends
+    with M's done probability (`sample_done`) or when it exceeds `done_threshold`. M's done head
+    was trained with positives weighed by `done_pos_weight`, which multiplies its odds by that
+    weight; the dream divides them back out. These values are traced: changing them does not
+    recompile.
     """
     if mdnrnn.done is None:
         raise ValueError("the dream needs M's done head: train M on an environment where episodes end (takecover)")
@@ -87,14 +94,15 @@ def make_dream_fn(mdnrnn: MDNRNN, spec: ControllerSpec, env_name: str, rollouts:
     def call(theta_PN: Any, z0_mu: Any, z0_logvar: Any, key: jax.Array, shared: bool = True) -> np.ndarray:
         returns = _dream_population(*statics, state, jnp.asarray(theta_PN, jnp.float32), jnp.asarray(z0_mu),
                                     jnp.asarray(z0_logvar), key, jnp.float32(temperature),
-                                    jnp.float32(done_threshold), jnp.int32(0 if shared else 1))
+                                    jnp.float32(done_threshold), jnp.int32(0 if shared else 1),
+                                    jnp.bool_(sample_done), jnp.float32(np.log(done_pos_weight)))
         return np.asarray(returns)
 
     return call
 
 
 def dream_frames(mdnrnn: MDNRNN, vae: Any, theta_N: np.ndarray | None, spec: ControllerSpec, env_name: str,
-                 z0: np.ndarray, steps: int, temperature: float, seed: int) -> np.ndarray:
+                 z0: np.ndarray, steps: int, temperature: float, seed: int, done_pos_weight: float = 1.0) -> np.ndarray:
     """Decodes one dream to uint8 frames [T, 64, 64, 3]; C acts when `theta_N` is given, else random.
 
     Used for pictures; runs step by step in Python (a short dream).
@@ -121,8 +129,10 @@ def dream_frames(mdnrnn: MDNRNN, vae: Any, theta_N: np.ndarray | None, spec: Con
         action = model_action_from_tanh(env_name, y[None], jnp)
         start = jnp.full((1,), float(t == 0))
         carry, out = advance(mdnrnn, carry, z, action, start)
-        key, sample_key = jax.random.split(key)
+        key, sample_key, done_key = jax.random.split(key, 3)
         z = sample_mixture(sample_key, out.logmix, out.mean, out.logstd, temperature)
-        if out.done_logit is not None and float(jax.nn.sigmoid(out.done_logit[0])) > 0.5:
-            break
+        if out.done_logit is not None:
+            p_done = float(jax.nn.sigmoid(out.done_logit[0] - np.log(done_pos_weight)))
+            if rng.uniform() < p_done:
+                break
     return np.stack(frames)

@@ -245,7 +245,7 @@ def train_mdnrnn(config: WorldModelsConfig, progress: bool = True) -> MdnRnnSumm
     series = Series(config.paths.series / "series.npz")
     meta = {"model": "MDNRNN", "z_size": series.z_size, "action_dim": config.env.action_dim,
             "hidden": settings.hidden, "mixtures": settings.mixtures, "with_done": config.env.has_done,
-            "env": config.env.name}
+            "done_pos_weight": settings.done_pos_weight, "env": config.env.name}
     graphdef, params = nnx.split(init_mdnrnn(meta, settings.seed), nnx.Param)
     optimizer = optax.chain(optax.clip(settings.grad_clip), optax.adam(settings.learning_rate)) \
         if settings.grad_clip > 0 else optax.adam(settings.learning_rate)

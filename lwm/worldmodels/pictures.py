@@ -65,8 +65,8 @@ def make_pictures(config: WorldModelsConfig) -> list[Path]:
     picks = np.sort(rng.choice(len(episode["frames"]), size=min(settings.reconstructions, len(episode["frames"])),
                                replace=False))
     originals = episode["frames"][picks]
-    mu, _ = encode_frames(vae, originals, len(originals))
-    recon = decode_latents(vae, mu)
+    mu, _ = encode_frames(vae, originals, config.vae.encode_chunk)  # the encode stage's compiled shape
+    recon = np.concatenate([decode_latents(vae, mu[i:i + 1]) for i in range(len(mu))])  # as dream.gif: 1 at a time
     path = out / "reconstructions.png"
     iio.imwrite(path, enlarge(reconstruction_grid(originals, recon)))
     written.append(path)
@@ -86,7 +86,8 @@ def make_pictures(config: WorldModelsConfig) -> list[Path]:
         spec = spec_for(config, checkpoint.read_meta(config.paths.vae, "vae"),
                         checkpoint.read_meta(config.paths.mdnrnn, "mdnrnn"))
     frames = dream_frames(mdnrnn, vae, None if theta is None else jnp.asarray(theta), spec, config.env.name,
-                          np.asarray(mu[0]), settings.dream_steps, config.dream.temperature, settings.seed)
+                          np.asarray(mu[0]), settings.dream_steps, config.dream.temperature, settings.seed,
+                          float(checkpoint.read_meta(config.paths.mdnrnn, "mdnrnn").get("done_pos_weight", 1.0)))
     written.append(write_gif(out / "dream.gif", enlarge(frames), settings.fps))
 
     if has_controller:

@@ -92,7 +92,8 @@ def train_controller(config: WorldModelsConfig, progress: bool = True) -> str:
         z0_mu, z0_logvar = Series(config.paths.series / "series.npz").initial_latents()
         dream_args = (mdnrnn, spec, config.env.name)
         dream_settings = (config.dream.max_steps, config.dream.temperature, config.dream.done_threshold)
-        train_dream = make_dream_fn(*dream_args, settings.rollouts, *dream_settings)
+        train_dream = make_dream_fn(*dream_args, settings.rollouts, *dream_settings, sample_done=config.dream.sample_done,
+                                    done_pos_weight=float(mdn_meta.get("done_pos_weight", 1.0)))
 
         def objective(thetas: np.ndarray, generation: int) -> np.ndarray:
             return train_dream(thetas, z0_mu, z0_logvar, jax.random.key(settings.seed * 1_000_003 + generation))

@@ -9,6 +9,10 @@ That is 4,348,547 parameters for z = 32 and 4,446,915 for z = 64.
 Loss per frame, as in the paper's code: the squared error summed over all pixels, plus the KL
 divergence to N(0, I) floored at `kl_tolerance · z_size` (free bits: below 0.5 nat per dimension
 the KL term gives no gradient); both are averaged over the batch.
+
+The layers are `nnx.Conv` / `nnx.ConvTranspose` (so parameters and counts are flax's), but their
+strided forms are computed by `strided_conv` and `strided_conv_transpose`: same results, about 7×
+faster training on CPU, where XLA's gradients of strided convolutions are slow.
 """
 
 from __future__ import annotations

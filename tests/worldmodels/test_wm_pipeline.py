@@ -37,7 +37,7 @@ def test_dream_scores_a_whole_population_in_one_call():
     returns, dreams = {}, {}
     for threshold in (1e-6, 0.5, 1 - 1e-6):  # one compilation serves all three
         dreams[threshold] = make_dream_fn(mdnrnn, spec, "fake-takecover", rollouts=3, max_steps=30,
-                                          temperature=1.15, done_threshold=threshold, chunk=8)
+                                          temperature=1.15, done_threshold=threshold, chunk=8, sample_done=False)
         returns[threshold] = dreams[threshold](thetas, z0, np.zeros_like(z0), jax.random.key(0))
         assert returns[threshold].shape == (5,)
     np.testing.assert_array_equal(returns[1e-6], 1.0)  # every dream ends after its first step
@@ -47,6 +47,15 @@ def test_dream_scores_a_whole_population_in_one_call():
     assert np.all((middle >= 1) & (middle <= 30))
     own = dreams[0.5](np.repeat(thetas[:1], 5, axis=0), z0, np.zeros_like(z0), jax.random.key(0), shared=False)
     assert len(set(own.tolist())) > 1  # unshared: each copy meets its own dreams
+    # Sampled ends: the done head's odds are divided by the weight its training gave positives.
+    for weight, expected in ((1e-30, 1.0), (1e30, 30.0)):
+        sampled = make_dream_fn(mdnrnn, spec, "fake-takecover", rollouts=3, max_steps=30, temperature=1.15,
+                                done_threshold=0.5, chunk=8, sample_done=True, done_pos_weight=weight)
+        np.testing.assert_array_equal(sampled(thetas, z0, np.zeros_like(z0), jax.random.key(0)), expected)
+    sampled = make_dream_fn(mdnrnn, spec, "fake-takecover", rollouts=3, max_steps=30, temperature=1.15,
+                            done_threshold=0.5, chunk=8, sample_done=True)
+    lengths = sampled(thetas, z0, np.zeros_like(z0), jax.random.key(0))
+    assert np.all((lengths >= 1) & (lengths <= 30)) and lengths[0] == lengths[1]
 
 
 def test_every_stage_runs_and_evaluate_loads_the_trained_controller(tmp_path):
