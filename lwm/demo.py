@@ -1,92 +1,302 @@
-"""The main job on its embedded default, runnable on one CPU machine.
+"""The main job on its embedded default, runnable on one CPU machine: the whole system learning.
 
-Today it trains the `tiny` model on generated token progressions, sharded over fake CPU
-devices through the same `lwm.train.train` a cluster run uses, prints the falling loss and
-writes a loss curve; the synthetic video+text world grows from here.
+1. Generates the synthetic world (`lwm.data.synthetic`): bouncing-shape videos with captions
+   and question/answer pairs, and passkey documents.
+2. Trains the tiny VQ tokenizer on the world's frames (`lwm.train.vq`) and tokenizes videos
+   (caption→video, video→caption, video→QA chat) and passkey chats into two token stores with
+   the data layer's encoders (`ExampleEncoder`).
+3. Trains the tiny vision-language model with ring attention over fake CPU devices through
+   `lwm.train.loop.train`: a `pretrain` stage on everything, then a `chat` stage (from the
+   pretrained weights) on QA and passkey chats plus captioning.
+4. Evaluates and reports in `logging.output_dir` (`lwm.eval.world`): loss curves, the needle
+   heatmap, video-QA accuracy against chance and a text-only baseline, next-frame accuracy
+   against copying the last frame, and a generated continuation of a held-out video.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from lwm.config import ConfigError, TrainRunConfig
+from lwm.config.synthetic import SyntheticWorldConfig
+from lwm.config.train import StageConfig
+from lwm.config.vq import (
+    VQCheckpointConfig,
+    VQModelConfig,
+    VQTrainConfig,
+    VQTrainRunConfig,
+)
+
+# Written into the output folder so that a rerun may clear it (and never clears anything else).
+MARKER_FILE = "demo.json"
+
+
+def _tiny_vq() -> VQTrainRunConfig:
+    """`configs/vq/tiny.yaml` (32x32 frames -> 8x8 codes, codebook 512) with demo-sized training."""
+    return VQTrainRunConfig(
+        model=VQModelConfig(resolution=32, hidden_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1,
+                            z_channels=32, codebook_size=512, codebook_dim=32, norm_num_groups=8),
+        train=VQTrainConfig(steps=300, batch_size=16, lr=2e-3, warmup_steps=30, log_every=10),
+        checkpoint=VQCheckpointConfig(dir="runs/demo/vq", every=100000, keep=1, resume=False),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
-class ToyDataConfig:
-    """The generated training data: arithmetic progressions over a small token range."""
+class DemoDataConfig:
+    """How the world becomes training examples."""
 
-    num_examples: int = 2000
-    token_range: int = 64
-    min_length: int = 16
-    max_length: int = 96
+    # Steps and learning rate of the chat stage that follows `train.steps` of pretraining.
+    chat_steps: int = 100
+    chat_lr: float = 1e-3
+    # Passkey documents are about this many characters (fits data.seq_len with the template).
+    document_chars: int = 900
+    # Caption/video examples repeated in the chat stage so that vision is not forgotten.
+    chat_keep_vision: bool = True
 
     def validate(self) -> None:
-        """Raises `ConfigError` for impossible sizes."""
-        if self.num_examples <= 0 or self.token_range < 2:
-            raise ConfigError("toy.num_examples must be positive and toy.token_range at least 2")
-        if not 2 <= self.min_length <= self.max_length:
+        """Raises `ConfigError` for non-positive sizes."""
+        if self.chat_steps < 0 or self.chat_lr <= 0 or self.document_chars <= 0:
+            raise ConfigError(f"demo_data: chat_steps={self.chat_steps} must be >= 0, chat_lr={self.chat_lr} "
+                              f"and document_chars={self.document_chars} positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoEvalConfig:
+    """Sizes of the evaluation and the learning bars the report checks."""
+
+    # Held-out questions scored (0: all of them).
+    max_questions: int = 80
+    # Frames of a held-out video given before the model continues it.
+    context_frames: int = 3
+    # Needle grid: context lengths linspace(min, max, intervals) tokens, depths, rounds.
+    needle_context_min: int = 256
+    needle_context_max: int = 480
+    needle_intervals: int = 2
+    needle_depths: int = 5
+    needle_rounds: int = 2
+    max_new_tokens: int = 20
+    # Learning bars.
+    min_needle_accuracy: float = 0.9
+    # QA accuracy must exceed chance by this margin (absolute).
+    qa_margin: float = 0.1
+
+    def validate(self) -> None:
+        """Raises `ConfigError` for an impossible grid."""
+        if self.context_frames < 1 or self.needle_context_min < 64 or \
+                self.needle_context_max < self.needle_context_min:
             raise ConfigError(
-                f"toy.min_length={self.min_length} and toy.max_length={self.max_length} must satisfy "
-                f"2 <= min_length <= max_length"
-            )
+                f"evaluation: context_frames={self.context_frames} must be >= 1 and "
+                f"64 <= needle_context_min={self.needle_context_min} <= needle_context_max="
+                f"{self.needle_context_max}")
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig(TrainRunConfig):
-    """A training run plus the generated data it trains on."""
+    """A training run plus the world it trains on, its tokenizer and its evaluation."""
 
-    toy: ToyDataConfig = dataclasses.field(default_factory=ToyDataConfig)
+    synthetic: SyntheticWorldConfig = dataclasses.field(default_factory=SyntheticWorldConfig)
+    vq: VQTrainRunConfig = dataclasses.field(default_factory=_tiny_vq)
+    demo_data: DemoDataConfig = dataclasses.field(default_factory=DemoDataConfig)
+    evaluation: DemoEvalConfig = dataclasses.field(default_factory=DemoEvalConfig)
     # Fake CPU devices to shard over when running on a CPU-only machine.
     cpu_devices: int = 4
 
     def validate(self) -> None:
-        """Raises `ConfigError` when the token range exceeds the model's vocabulary."""
-        if self.toy.token_range > self.model.vocab_size:
+        """Raises `ConfigError` when the model, data and tokenizer disagree."""
+        if not self.model.has_vision:
+            raise ConfigError("model.vision_vocab_size is 0: the demo trains a vision-language model")
+        if self.model.codebook_size != self.vq.model.codebook_size or \
+                self.model.tokens_per_frame != self.vq.model.tokens_per_frame:
             raise ConfigError(
-                f"toy.token_range={self.toy.token_range} exceeds model.vocab_size={self.model.vocab_size}"
-            )
+                f"model.codebook_size={self.model.codebook_size} / tokens_per_frame="
+                f"{self.model.tokens_per_frame} must match the VQ tokenizer's "
+                f"{self.vq.model.codebook_size} / {self.vq.model.tokens_per_frame}")
+        if self.synthetic.frame_size != self.vq.model.resolution:
+            raise ConfigError(f"synthetic.frame_size={self.synthetic.frame_size} must equal "
+                              f"vq.model.resolution={self.vq.model.resolution}")
+        if self.evaluation.context_frames >= self.synthetic.num_frames:
+            raise ConfigError(f"evaluation.context_frames={self.evaluation.context_frames} must be below "
+                              f"synthetic.num_frames={self.synthetic.num_frames}")
+        if self.evaluation.needle_context_max + self.evaluation.max_new_tokens > self.model.max_seq_len:
+            raise ConfigError("evaluation.needle_context_max + max_new_tokens exceeds model.max_seq_len")
 
 
-def plot_loss(metrics_path: Path, out_path: Path) -> Path:
-    """Writes the loss curve of a `metrics.jsonl` as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lwm.train.metrics import read_metrics
-
-    records = read_metrics(metrics_path)
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot([r["step"] for r in records], [r["loss"] for r in records], marker="o")
-    axis.set_xlabel("step")
-    axis.set_ylabel("loss")
-    axis.set_title("training loss")
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(out_path, dpi=100)
-    plt.close(figure)
-    return out_path
+def _say(message: str, start: float) -> None:
+    print(f"[demo {time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
 
-def run_demo(config: DemoConfig) -> dict[str, float]:
-    """Generates the data, trains, prints the loss at every logged step, plots the curve."""
-    from lwm.data.toy import progression_examples
+def _prepare_output(output_dir: Path) -> None:
+    """Clears the output folder of an earlier demo run (only one that holds the demo's marker)."""
+    if output_dir.exists() and any(output_dir.iterdir()):
+        if not (output_dir / MARKER_FILE).is_file():
+            raise ConfigError(f"logging.output_dir={output_dir} exists and is not a demo output folder "
+                              f"(no {MARKER_FILE}); choose an empty or new folder")
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / MARKER_FILE).write_text(json.dumps({"status": "running"}))
+
+
+def train_tokenizer(config: DemoConfig, world: Any, output_dir: Path) -> Any:
+    """Trains the VQ tokenizer on the training videos' frames; returns the loaded tokenizer."""
+    from lwm.model.vqgan_convert import load_vq_tokenizer
+    from lwm.train.vq import reconstruction_error, train_vq
+
+    frames = np.concatenate([video.frames for video in world.videos_in("train")])
+    vq_config = dataclasses.replace(
+        config.vq, checkpoint=dataclasses.replace(config.vq.checkpoint, dir=str(output_dir / "vq")))
+    result = train_vq(vq_config, frames=frames)
+    held_out = np.concatenate([video.frames for video in world.videos_in("held_out")] or [frames[:8]])
+    mse = reconstruction_error(result.model, held_out)
+    print(f"  VQ: {result.steps} steps on {len(frames)} frames, held-out reconstruction MSE {mse:.4f}, "
+          f"metrics {json.dumps({k: round(v, 4) for k, v in result.metrics.items()})}")
+    tokenizer = load_vq_tokenizer(result.run_dir, batch_size=64)
+    tokenizer.metrics = {"vq_reconstruction_mse": mse, **result.metrics}
+    return tokenizer
+
+
+def data_configs(config: DemoConfig) -> dict[str, Any]:
+    """The data sections the examples are encoded with (vision+text both ways, and chat)."""
+    base = dataclasses.replace(config.data, codebook_size=config.model.codebook_size,
+                               tokens_per_frame=config.model.tokens_per_frame, segments=())
+    return {
+        "text_to_video": dataclasses.replace(base, format="vision_text", fields="caption,vision"),
+        "video_to_text": dataclasses.replace(base, format="vision_text", fields="vision,caption"),
+        "chat": dataclasses.replace(base, format="chat", fields=""),
+    }
+
+
+def encode_world(config: DemoConfig, world: Any, codes: dict[int, np.ndarray], text_tokenizer: Any,
+                 split: str = "train") -> dict[str, list[Any]]:
+    """TokenExamples of one split, by kind, made by the data layer's `ExampleEncoder`."""
+    from lwm.data.records import ExampleEncoder
+    from lwm.data.synthetic import passkey_chat_records
+
+    encoders = {name: ExampleEncoder(data, text_tokenizer) for name, data in data_configs(config).items()}
+    examples: dict[str, list[Any]] = {"text_to_video": [], "video_to_text": [], "video_qa": [], "passkey": []}
+    for video in world.videos_in(split):
+        record = {"caption": video.caption, "vision": codes[video.index].reshape(-1).tolist()}
+        examples["text_to_video"].append(encoders["text_to_video"](record))
+        examples["video_to_text"].append(encoders["video_to_text"](record))
+        for qa in video.qa:
+            examples["video_qa"].append(encoders["chat"]({
+                "messages": [{"role": "user", "content": qa.question},
+                             {"role": "assistant", "content": qa.answer}],
+                "vision": record["vision"]}))
+    for record in passkey_chat_records(world, split):
+        examples["passkey"].append(encoders["chat"](record))
+    return examples
+
+
+def write_store(path: Path, examples: list[Any], config: DemoConfig, text_tokenizer: Any) -> dict[str, int]:
+    """Writes examples into a token store; returns its counts."""
+    from lwm.data.store import TokenStoreWriter
+
+    with TokenStoreWriter.create(path, tokenizer_name="lwm/assets/tokenizer.model",
+                                 text_vocab_size=text_tokenizer.vocab_size,
+                                 vision_vocab_size=config.model.vision_vocab_size,
+                                 metadata={"format": "mixed", "codebook_size": config.model.codebook_size,
+                                           "tokens_per_frame": config.model.tokens_per_frame}) as writer:
+        for example in examples:
+            writer.append(example)
+    return {"examples": len(examples), "tokens": int(sum(len(example) for example in examples))}
+
+
+def build_stores(config: DemoConfig, examples: dict[str, list[Any]], text_tokenizer: Any,
+                 output_dir: Path) -> dict[str, dict[str, int]]:
+    """The pretraining store (everything) and the chat store (QA and passkey chats, captioning)."""
+    rng = np.random.default_rng(config.data.seed)
+    too_long = {kind: sum(len(e) > config.data.seq_len for e in items) for kind, items in examples.items()}
+    if any(too_long.values()):
+        print(f"  warning: examples longer than data.seq_len={config.data.seq_len} are split: {too_long}")
+    pretrain = [e for items in examples.values() for e in items]
+    chat = examples["video_qa"] + examples["passkey"]
+    if config.demo_data.chat_keep_vision:
+        chat = chat + examples["video_to_text"]
+    stores = {}
+    for name, items in (("pretrain", pretrain), ("chat", chat)):
+        order = rng.permutation(len(items))
+        stores[name] = write_store(output_dir / "stores" / name, [items[i] for i in order], config, text_tokenizer)
+    return stores
+
+
+def training_config(config: DemoConfig, output_dir: Path) -> TrainRunConfig:
+    """The plain `TrainRunConfig` of the two stages (pretrain, then chat from its weights)."""
+    fields = {field.name: getattr(config, field.name) for field in dataclasses.fields(TrainRunConfig)}
+    stages = [StageConfig(name="pretrain", steps=config.train.steps,
+                          store_path=str(output_dir / "stores" / "pretrain"))]
+    if config.demo_data.chat_steps > 0:
+        stages.append(StageConfig(name="chat", steps=config.demo_data.chat_steps, lr=config.demo_data.chat_lr,
+                                  store_path=str(output_dir / "stores" / "chat")))
+    fields["stages"] = tuple(stages)
+    fields["logging"] = dataclasses.replace(config.logging, output_dir=str(output_dir))
+    fields["checkpoint"] = dataclasses.replace(config.checkpoint, directory="", init_from="")
+    fields["data"] = dataclasses.replace(config.data, codebook_size=config.model.codebook_size,
+                                         tokens_per_frame=config.model.tokens_per_frame)
+    return TrainRunConfig(**fields)
+
+
+def run_demo(config: DemoConfig) -> dict[str, Any]:
+    """Runs the whole pipeline and returns the report's numbers (also in `results.json`)."""
+    from lwm.data.synthetic import generate_world
+    from lwm.data.text_tokenizer import load_text_tokenizer
+    from lwm.eval import world as world_eval
     from lwm.train.loop import train
-    from lwm.train.metrics import read_metrics
 
-    examples = progression_examples(
-        config.toy.num_examples, config.toy.token_range, min_length=config.toy.min_length,
-        max_length=config.toy.max_length, seed=config.data.seed,
-    )
+    start = time.perf_counter()
     output_dir = Path(config.logging.output_dir)
-    results = train(config, source=examples)
-    records = read_metrics(output_dir / "metrics.jsonl")
-    print("step   loss   accuracy")
-    for record in records:
-        print(f"{record['step']:5d}  {record['loss']:.3f}  {record['text_accuracy']:.3f}")
-    curve = plot_loss(output_dir / "metrics.jsonl", output_dir / "loss.png")
-    print(f"loss curve: {curve}; model: {results[-1].model_dir if results else output_dir / 'model'}")
-    return results[-1].final_metrics if results else {}
+    _prepare_output(output_dir)
+    timings: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        timings[name] = round(time.perf_counter() - since, 1)
+        return time.perf_counter()
+
+    now = time.perf_counter()
+    _say("1/5 generating the synthetic world", start)
+    synthetic = dataclasses.replace(config.synthetic, document_chars=config.demo_data.document_chars)
+    world = generate_world(synthetic)
+    print(f"  {len(world.videos)} videos ({len(world.videos_in('held_out'))} held out), "
+          f"{len(world.documents)} passkey documents, stats {world.stats}")
+    now = lap("world", now)
+
+    _say("2/5 training the VQ tokenizer and tokenizing", start)
+    vq_tokenizer = train_tokenizer(config, world, output_dir)
+    all_frames = np.concatenate([video.frames for video in world.videos])
+    all_codes = vq_tokenizer.encode(all_frames).reshape(len(world.videos), synthetic.num_frames, -1)
+    codes = {video.index: all_codes[position] for position, video in enumerate(world.videos)}
+    text_tokenizer = load_text_tokenizer(config.data.tokenizer or None)
+    examples = encode_world(config, world, codes, text_tokenizer)
+    stores = build_stores(config, examples, text_tokenizer, output_dir)
+    lengths = {kind: int(np.mean([len(e) for e in items])) if items else 0 for kind, items in examples.items()}
+    print(f"  examples {({k: len(v) for k, v in examples.items()})}, mean tokens {lengths}, stores {stores}")
+    now = lap("tokenize", now)
+
+    _say(f"3/5 training the vision-language model ({config.train.steps} pretrain + "
+         f"{config.demo_data.chat_steps} chat steps, attention={config.model.attention}, mesh={config.mesh})", start)
+    results = train(training_config(config, output_dir))
+    model_dir = results[-1].model_dir if results else output_dir / "chat" / "model"
+    now = lap("train", now)
+
+    _say("4/5 evaluating", start)
+    numbers = world_eval.evaluate(config, world, codes, vq_tokenizer, text_tokenizer, model_dir, output_dir,
+                                  data_configs(config)["chat"], progress=lambda message: _say(f"  {message}", start))
+    now = lap("evaluate", now)
+
+    _say("5/5 writing the report", start)
+    numbers["data"] = {"examples": {k: len(v) for k, v in examples.items()}, "mean_tokens": lengths,
+                       "stores": stores, "world_stats": world.stats}
+    numbers["vq"] = {k: float(v) for k, v in getattr(vq_tokenizer, "metrics", {}).items()}
+    numbers["timings_s"] = {**timings, "total": round(time.perf_counter() - start, 1)}
+    report = world_eval.write_report(numbers, output_dir)
+    (output_dir / MARKER_FILE).write_text(json.dumps({"status": "done"}))
+    for name, bar in numbers["bars"].items():
+        print(f"  bar {name}: {bar['value']:.3f} vs {bar['threshold']:.3f} -> {'MET' if bar['met'] else 'not met'}")
+    _say(f"done: report {report}", start)
+    return numbers

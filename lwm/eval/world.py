@@ -1,0 +1,348 @@
+"""Evaluation and report of a model trained on the synthetic world (`lwm.data.synthetic`).
+
+- Video QA: every candidate answer is scored by the model's log-likelihood after the chat
+  prompt (forced choice); accuracy is compared with chance (`1 / len(candidates)`) and with
+  the same model asked the same question without the video (a text-only baseline).
+- Next-frame prediction: on held-out videos, the greedy vision-head prediction of every code of
+  frames 1.. given all earlier tokens (teacher forcing), against copying the code at the same
+  place in the previous frame.
+- Needle retrieval: `lwm.eval.needle.run_needle_eval` with greedy cached decoding
+  (`lwm.infer.generate.TextGenerator`) on filler haystacks of the world's kind.
+- A continuation: the model continues a held-out video from its first frames (vision head, frame
+  structure forced); ground truth and generation are decoded by the VQ tokenizer into a GIF.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOSS_PNG = "loss_curves.png"
+CONTINUATION_GIF = "continuation.gif"
+CONTINUATION_PNG = "continuation.png"
+RESULTS_JSON = "results.json"
+REPORT_MD = "report.md"
+
+
+def _forward_fn(model: Any) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A jitted `(ids, is_vision) -> (text log-probs, vision log-probs)` of an nnx model."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, ids, flags):
+        net = nnx.merge(graphdef, state)
+        hidden = net.hidden_states(ids, input_is_vision_BT=flags)
+        return (jax.nn.log_softmax(net.text_logits(hidden), -1),
+                jax.nn.log_softmax(net.vision_logits(hidden), -1))
+
+    def run(ids: np.ndarray, flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        text, vision = forward(state, jnp.asarray(ids, jnp.int32), jnp.asarray(flags, bool))
+        return np.asarray(text), np.asarray(vision)
+
+    return run
+
+
+def _pad(rows: list[np.ndarray], length: int, fill: Any = 0) -> np.ndarray:
+    out = np.full((len(rows), length), fill, dtype=np.asarray(rows[0]).dtype)
+    for index, row in enumerate(rows):
+        out[index, :len(row)] = row
+    return out
+
+
+def _sequence_scores(forward: Callable, examples: list[Any], batch: int = 16) -> list[float]:
+    """Sum of log-probabilities of the loss-masked tokens of each example (text or vision head)."""
+    scores: list[float] = []
+    bucket = 64
+    for begin in range(0, len(examples), batch):
+        chunk = examples[begin:begin + batch]
+        length = int(np.ceil(max(len(e) for e in chunk) / bucket) * bucket)
+        rows = chunk + [chunk[-1]] * (batch - len(chunk))  # fixed batch: one compilation
+        ids = _pad([e.tokens for e in rows], length)
+        flags = _pad([e.is_vision for e in rows], length, False)
+        text, vision = forward(ids, flags)
+        for row, example in enumerate(chunk):
+            total = 0.0
+            for position in np.nonzero(example.loss_mask)[0]:
+                table = vision if example.is_vision[position] else text
+                total += float(table[row, position - 1, example.tokens[position]])
+            scores.append(total)
+    return scores
+
+
+def video_qa_accuracy(forward: Callable, world: Any, codes: dict[int, np.ndarray], text_tokenizer: Any,
+                      data_config: Any, max_questions: int = 0) -> dict[str, Any]:
+    """Forced-choice accuracy on held-out questions, with and without the video, and chance."""
+    from lwm.data.chat import encode_chat_record
+
+    questions = [(video, qa) for video in world.videos_in("held_out") for qa in video.qa]
+    if max_questions:
+        questions = questions[:max_questions]
+    results: dict[str, Any] = {"questions": len(questions)}
+    by_kind: dict[str, list[tuple[bool, bool, float]]] = {}
+    for with_video in (True, False):
+        examples, owners = [], []
+        for number, (video, qa) in enumerate(questions):
+            for candidate in qa.candidates:
+                record = {"messages": [{"role": "user", "content": qa.question},
+                                       {"role": "assistant", "content": candidate}]}
+                if with_video:
+                    record["vision"] = codes[video.index].reshape(-1).tolist()
+                examples.append(encode_chat_record(record, data_config, text_tokenizer, text_tokenizer.vocab_size))
+                owners.append(number)
+        scores = _sequence_scores(forward, examples) if examples else []
+        correct = []
+        position = 0
+        for number, (video, qa) in enumerate(questions):
+            chosen = qa.candidates[int(np.argmax(scores[position:position + len(qa.candidates)]))]
+            position += len(qa.candidates)
+            correct.append(chosen == qa.answer)
+        results["accuracy" if with_video else "text_only_accuracy"] = float(np.mean(correct)) if correct else float("nan")
+        for (video, qa), right in zip(questions, correct):
+            by_kind.setdefault(qa.kind, []).append((right, with_video, qa.chance))
+    results["chance"] = float(np.mean([qa.chance for _, qa in questions])) if questions else float("nan")
+    results["by_kind"] = {
+        kind: {"questions": sum(1 for _, v, _ in rows if v),
+               "accuracy": float(np.mean([r for r, v, _ in rows if v])),
+               "text_only_accuracy": float(np.mean([r for r, v, _ in rows if not v])),
+               "chance": float(np.mean([c for _, v, c in rows if v]))}
+        for kind, rows in sorted(by_kind.items())}
+    return results
+
+
+def next_frame_accuracy(forward: Callable, world: Any, codes: dict[int, np.ndarray], text_tokenizer: Any,
+                        codebook_size: int) -> dict[str, float]:
+    """Teacher-forced accuracy of the codes of frames 1.. of held-out videos vs copying the last frame."""
+    from lwm.data.records import vision_span
+
+    videos = world.videos_in("held_out")
+    rows, flags = [], []
+    for video in videos:
+        frames = codes[video.index]
+        ids, is_vision = vision_span(frames.reshape(-1), tokenizer=text_tokenizer, tokens_per_frame=frames.shape[1],
+                                     codebook_size=codebook_size)
+        rows.append(np.concatenate([[text_tokenizer.bos_id], ids]).astype(np.int32))
+        flags.append(np.concatenate([[False], is_vision]))
+    correct = copy = changed = changed_correct = changed_copy = total = 0
+    batch = 8
+    for begin in range(0, len(rows), batch):
+        chunk = list(range(begin, min(begin + batch, len(rows))))
+        padded = chunk + [chunk[-1]] * (batch - len(chunk))
+        length = int(np.ceil(len(rows[0]) / 64) * 64)
+        _, vision = forward(_pad([rows[i] for i in padded], length), _pad([flags[i] for i in padded], length, False))
+        for slot, index in enumerate(chunk):
+            frames = codes[videos[index].index]
+            per_frame = frames.shape[1] + 1
+            for frame in range(1, len(frames)):
+                first = 2 + frame * per_frame  # bos, <vision>, then frames with their end token
+                logits = vision[slot, first - 1:first - 1 + frames.shape[1], :codebook_size]
+                predicted = logits.argmax(-1)
+                truth, previous = frames[frame], frames[frame - 1]
+                moved = truth != previous
+                correct += int((predicted == truth).sum())
+                copy += int((previous == truth).sum())
+                changed += int(moved.sum())
+                changed_correct += int((predicted == truth)[moved].sum())
+                total += len(truth)
+    return {"codes": total, "accuracy": correct / max(total, 1), "copy_last_frame_accuracy": copy / max(total, 1),
+            "changed_codes": changed, "changed_accuracy": changed_correct / max(changed, 1)}
+
+
+def continuation(engine: Any, video_codes: np.ndarray, text_tokenizer: Any, vq_tokenizer: Any,
+                 context_frames: int, output_dir: Path) -> dict[str, Any]:
+    """Greedy continuation of a video from its first frames; GIF and PNG of truth beside generation."""
+    from lwm.data.records import vision_span
+    from lwm.infer.sampling import SamplingParams, VisionSchedule
+
+    config = engine.config
+    frames, per_frame = video_codes, video_codes.shape[1]
+    ids, is_vision = vision_span(frames[:context_frames].reshape(-1), tokenizer=text_tokenizer,
+                                 tokens_per_frame=per_frame, codebook_size=config.codebook_size)
+    prompt = [text_tokenizer.bos_id] + ids[:-2].tolist() + [config.codebook_size]  # drop <eov>, </vision>
+    flags = [False] + is_vision[:-2].tolist() + [True]
+    todo = len(frames) - context_frames
+    schedule = VisionSchedule(per_frame, config.codebook_size, todo, end_with_eov=True)
+    cache = engine.init_cache(1, engine.round_cache_size(len(prompt) + schedule.total_tokens))
+    cache, hidden = engine.prefill(cache, [prompt], [flags])
+    _, _, tokens = engine.decode(cache, hidden, max_new_tokens=schedule.total_tokens, sampling=SamplingParams(),
+                                 head="vision", schedule=schedule)
+    generated = np.asarray(tokens)[0].reshape(todo, per_frame + 1)[:, :per_frame]
+    predicted = np.concatenate([frames[:context_frames], generated])
+    truth_pixels = vq_tokenizer.decode(frames.reshape(len(frames), vq_tokenizer.codes_per_side, -1))
+    predicted_pixels = vq_tokenizer.decode(predicted.reshape(len(frames), vq_tokenizer.codes_per_side, -1))
+    _write_side_by_side(truth_pixels, predicted_pixels, context_frames, output_dir)
+    return {"context_frames": context_frames, "generated_frames": todo,
+            "code_accuracy": float(np.mean(generated == frames[context_frames:])),
+            "copy_code_accuracy": float(np.mean(frames[context_frames - 1][None] == frames[context_frames:]))}
+
+
+def _write_side_by_side(truth: np.ndarray, predicted: np.ndarray, context: int, output_dir: Path,
+                        scale: int = 4) -> None:
+    from PIL import Image
+
+    gap = np.full((truth.shape[1], 2, 3), 255, np.uint8)
+    pictures = []
+    for index, (left, right) in enumerate(zip(truth, predicted)):
+        tile = np.concatenate([left, gap, right], axis=1)
+        if index >= context:  # a red bar under generated frames
+            tile = np.concatenate([tile, np.zeros((2, tile.shape[1], 3), np.uint8) + [[[200, 30, 30]]]], 0)
+        else:
+            tile = np.concatenate([tile, np.zeros((2, tile.shape[1], 3), np.uint8)], 0)
+        pictures.append(np.kron(tile.astype(np.uint8), np.ones((scale, scale, 1), np.uint8)))
+    images = [Image.fromarray(p) for p in pictures]
+    images[0].save(output_dir / CONTINUATION_GIF, save_all=True, append_images=images[1:], duration=400, loop=0)
+    strip = np.concatenate([np.concatenate([p, np.full((p.shape[0], 4, 3), 255, np.uint8)], 1) for p in pictures], 1)
+    Image.fromarray(strip.astype(np.uint8)).save(output_dir / CONTINUATION_PNG)
+
+
+def needle_accuracy(engine: Any, text_tokenizer: Any, evaluation: Any, output_dir: Path, seed: int) -> dict[str, Any]:
+    """The needle grid over filler haystacks of the world's kind; heatmap in `output_dir/needle`."""
+    from lwm.config.infer import NeedleConfig
+    from lwm.data.synthetic import filler_sentences
+    from lwm.eval.needle import accuracy_grid, run_needle_eval
+    from lwm.infer.generate import TextGenerator
+
+    haystack = " ".join(filler_sentences(np.random.default_rng([seed, 7]), num_chars=20_000))
+    settings = NeedleConfig(haystack="generated", context_min=evaluation.needle_context_min,
+                            context_max=evaluation.needle_context_max,
+                            context_intervals=evaluation.needle_intervals,
+                            depth_intervals=evaluation.needle_depths, rounds=evaluation.needle_rounds,
+                            max_new_tokens=evaluation.max_new_tokens, seed=seed,
+                            output_dir=str(output_dir / "needle"))
+    generate = TextGenerator(engine, text_tokenizer, max_prompt_tokens=evaluation.needle_context_max,
+                             max_new_tokens=evaluation.max_new_tokens)
+    report = run_needle_eval(generate, text_tokenizer, haystack, settings, output_dir / "needle", progress=True)
+    lengths, depths, matrix = accuracy_grid(report.results)
+    at_longest = [c for r in report.results if r["context_length"] == max(lengths) for c in r["correct"]]
+    return {"accuracy": report.accuracy, "accuracy_at_trained_length": float(np.mean(at_longest)),
+            "lengths": lengths, "depths": depths, "grid": matrix.tolist(),
+            "heatmap": str(report.heatmap_path.relative_to(output_dir)) if report.heatmap_path else None,
+            "example_response": report.results[0]["response"] if report.results else ""}
+
+
+def plot_losses(metrics_path: Path, out_path: Path) -> dict[str, Any]:
+    """Text and vision loss per step of each stage (steps restart at a stage boundary)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lwm.train.metrics import read_metrics
+
+    records = read_metrics(metrics_path)
+    stages, offset, last = [], 0, 0
+    for record in records:
+        if record["step"] <= last:
+            offset += last
+        last = record["step"]
+        stages.append(offset)
+    steps = [record["step"] + stage for record, stage in zip(records, stages)]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, style in (("loss", "k-"), ("text_loss", "b.-"), ("vision_loss", "r.-")):
+        values = [record.get(name, float("nan")) for record in records]
+        axis.plot(steps, values, style, label=name)
+    for boundary in sorted(set(stages) - {0}):
+        axis.axvline(boundary, color="gray", ls="--")
+        axis.text(boundary, axis.get_ylim()[1], " chat", va="top", color="gray")
+    axis.set_xlabel("step (pretrain, then chat)")
+    axis.set_ylabel("loss")
+    axis.set_yscale("log")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=100)
+    plt.close(figure)
+    first, final = records[0], records[-1]
+    return {"first": {k: first.get(k) for k in ("loss", "text_loss", "vision_loss")},
+            "final": {k: final.get(k) for k in ("loss", "text_loss", "vision_loss", "text_accuracy", "vision_accuracy")},
+            "logged_steps": len(records)}
+
+
+def evaluate(config: Any, world: Any, codes: dict[int, np.ndarray], vq_tokenizer: Any, text_tokenizer: Any,
+             model_dir: Path, output_dir: Path, chat_data: Any,
+             progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every measurement of the report (`config` is the demo's); returns the numbers with the
+    learning bars. `chat_data` is the data section chat examples were encoded with."""
+    from lwm.infer.cache import InferenceModel
+    from lwm.model.params_io import load_model
+
+    model = load_model(model_dir, ("--attention", "dense"))
+    forward = _forward_fn(model)
+    numbers: dict[str, Any] = {"losses": plot_losses(output_dir / "metrics.jsonl", output_dir / LOSS_PNG)}
+    progress("video QA (forced choice among candidates, with and without the video)")
+    numbers["video_qa"] = video_qa_accuracy(forward, world, codes, text_tokenizer, chat_data,
+                                            config.evaluation.max_questions)
+    progress(f"  accuracy {numbers['video_qa']['accuracy']:.3f}, text-only "
+             f"{numbers['video_qa']['text_only_accuracy']:.3f}, chance {numbers['video_qa']['chance']:.3f}")
+    progress("next-frame codes against copying the last frame")
+    numbers["next_frame"] = next_frame_accuracy(forward, world, codes, text_tokenizer, config.model.codebook_size)
+    progress(f"  accuracy {numbers['next_frame']['accuracy']:.3f}, copy-last-frame "
+             f"{numbers['next_frame']['copy_last_frame_accuracy']:.3f}")
+    engine = InferenceModel(load_model(model_dir), progress=False, prefill_chunk_size=256, key_chunk_size=128)
+    progress("continuation of a held-out video")
+    held_out = world.videos_in("held_out") or world.videos
+    numbers["continuation"] = continuation(engine, codes[held_out[0].index], text_tokenizer, vq_tokenizer,
+                                           config.evaluation.context_frames, output_dir)
+    progress("needle retrieval grid")
+    numbers["needle"] = needle_accuracy(engine, text_tokenizer, config.evaluation, output_dir, config.data.seed)
+    progress(f"  accuracy {numbers['needle']['accuracy']:.3f} "
+             f"(at {max(numbers['needle']['lengths'])} tokens: {numbers['needle']['accuracy_at_trained_length']:.3f})")
+    qa, frame, needle = numbers["video_qa"], numbers["next_frame"], numbers["needle"]
+    numbers["bars"] = {
+        "needle_accuracy_at_trained_length": {"value": needle["accuracy_at_trained_length"],
+                                              "threshold": config.evaluation.min_needle_accuracy},
+        "video_qa_above_chance": {"value": qa["accuracy"], "threshold": qa["chance"] + config.evaluation.qa_margin},
+        "next_frame_beats_copy": {"value": frame["accuracy"], "threshold": frame["copy_last_frame_accuracy"]},
+    }
+    for bar in numbers["bars"].values():
+        bar["met"] = bool(bar["value"] >= bar["threshold"]) if bar is not numbers["bars"]["next_frame_beats_copy"] \
+            else bool(bar["value"] > bar["threshold"])
+    return numbers
+
+
+def write_report(numbers: dict[str, Any], output_dir: Path) -> Path:
+    """`results.json` and `report.md` (with the pictures) in `output_dir`."""
+    (output_dir / RESULTS_JSON).write_text(json.dumps(numbers, indent=1, default=float))
+    qa, frame, needle, losses = numbers["video_qa"], numbers["next_frame"], numbers["needle"], numbers["losses"]
+    lines = ["# lwm demo: a video+language world model learning on one CPU", "",
+             f"Wall time {numbers['timings_s']['total']:.0f} s ({numbers['timings_s']}).", "",
+             "## Learning bars", "", "| bar | value | threshold | met |", "| --- | --- | --- | --- |"]
+    for name, bar in numbers["bars"].items():
+        lines.append(f"| {name} | {bar['value']:.3f} | {bar['threshold']:.3f} | {'yes' if bar['met'] else 'NO'} |")
+    lines += ["", "## Training", "", f"![loss curves]({LOSS_PNG})", "",
+              f"First logged loss {losses['first']}, final {losses['final']}.", "",
+              "## Video question answering (held-out videos, forced choice)", "",
+              f"{qa['questions']} questions: accuracy **{qa['accuracy']:.3f}**, the same model without the "
+              f"video {qa['text_only_accuracy']:.3f}, chance {qa['chance']:.3f}.", "",
+              "| kind | questions | with video | text only | chance |", "| --- | --- | --- | --- | --- |"]
+    for kind, row in qa["by_kind"].items():
+        lines.append(f"| {kind} | {row['questions']} | {row['accuracy']:.3f} | {row['text_only_accuracy']:.3f} | "
+                     f"{row['chance']:.3f} |")
+    lines += ["", "## Next-frame prediction (held-out videos, teacher forced)", "",
+              f"{frame['codes']} codes: accuracy **{frame['accuracy']:.3f}** against "
+              f"{frame['copy_last_frame_accuracy']:.3f} for copying the last frame; on the "
+              f"{frame['changed_codes']} codes that change, {frame['changed_accuracy']:.3f} (copying: 0).", "",
+              "## Continuation of a held-out video", "",
+              f"Left: ground truth, right: the model (greedy) after {numbers['continuation']['context_frames']} "
+              f"given frames; a red bar marks generated frames. Code accuracy of the generated frames "
+              f"{numbers['continuation']['code_accuracy']:.3f} (copying the last given frame "
+              f"{numbers['continuation']['copy_code_accuracy']:.3f}).", "",
+              f"![continuation]({CONTINUATION_GIF})", "", f"![continuation strip]({CONTINUATION_PNG})", "",
+              "## Needle retrieval", "",
+              f"Accuracy {needle['accuracy']:.3f} over lengths {needle['lengths']} and depths {needle['depths']}; "
+              f"at the longest length {needle['accuracy_at_trained_length']:.3f}. Example answer: "
+              f"`{needle['example_response'].strip()}`", ""]
+    if needle.get("heatmap"):
+        lines += [f"![needle heatmap]({needle['heatmap']})", ""]
+    lines += ["## Data", "", f"```\n{json.dumps(numbers['data'], indent=1)}\n```", "",
+              f"VQ tokenizer: {json.dumps(numbers['vq'])}", ""]
+    path = output_dir / REPORT_MD
+    path.write_text("\n".join(lines))
+    return path
