@@ -13,9 +13,17 @@ def validate_cross_section(config: Any) -> None:
     Sections are found by name (`model`, `mesh`, `data`, `train`), so every root config that
     has them gets the same checks.
     """
+    from lwm.config.data import DataConfig
+    from lwm.config.model import MeshConfig, ModelConfig
+
+    # Sections are matched by type as well as name: other roots (the VQ tokenizer's) reuse
+    # the names `model` and `data` for different sections.
     model = getattr(config, "model", None)
+    model = model if isinstance(model, ModelConfig) else None
     mesh = getattr(config, "mesh", None)
+    mesh = mesh if isinstance(mesh, MeshConfig) else None
     data = getattr(config, "data", None)
+    data = data if isinstance(data, DataConfig) else None
     seq_len = getattr(data, "seq_len", None)
     if model is not None and seq_len is not None and seq_len > model.max_seq_len:
         raise ConfigError(
