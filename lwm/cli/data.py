@@ -35,7 +35,18 @@ def _run_make_qa(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = load_config(MakeQAConfig, args.config, overrides)
     tokenizer = load_text_tokenizer(config.data)
-    summary = make_qa(config.qa, config.data, tokenizer, resolve_text_vocab_size(config.data, tokenizer))
+    generate = None
+    if config.qa.generator == "lm":
+        from lwm.infer import load_inference_model
+        from lwm.infer.generate import text_prompt_generator
+
+        engine = load_inference_model(config.qa.model_dir)
+        generate = text_prompt_generator(
+            engine, tokenizer, max_prompt_tokens=config.qa.chunk_tokens * 2 + 256,
+            max_new_tokens=config.qa.max_new_tokens, temperature=config.qa.temperature, seed=config.qa.seed,
+        )
+    summary = make_qa(config.qa, config.data, tokenizer, resolve_text_vocab_size(config.data, tokenizer),
+                      generate=generate)
     print(f"wrote {config.qa.output}")
     print(summary.summary())
     return 0

@@ -241,10 +241,20 @@ class QAConfig:
     pairs_per_chunk: int = 2
     prompt: str = ""
     seed: int = 0
+    # The causal LM that writes the pairs when generator=lm: any lwm model directory,
+    # including a Hugging Face model converted with `lwm convert hf2lwm`.
+    model_dir: str = ""
+    max_new_tokens: int = 256
+    temperature: float = 0.0
 
     def validate(self) -> None:
         """Raises `ConfigError` naming the first wrong field."""
-        for name in ("chunk_tokens", "questions_per_example", "pairs_per_chunk"):
+        if self.generator == "lm" and not self.model_dir:
+            raise ConfigError(
+                "qa.generator=lm needs qa.model_dir: a model directory (lwm train output or "
+                "`lwm convert hf2lwm` of a local Hugging Face model) to write the pairs"
+            )
+        for name in ("chunk_tokens", "questions_per_example", "pairs_per_chunk", "max_new_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"qa.{name}={getattr(self, name)} must be positive")
         if not self.target_lengths or any(length <= self.chunk_tokens for length in self.target_lengths):

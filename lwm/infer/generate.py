@@ -16,7 +16,7 @@ written as PNG, GIF or MP4.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +285,33 @@ def write_frames(frames: np.ndarray, path: str | Path, fps: float = 4.0) -> list
     if suffix in (".gif", ".mp4", ".webm", ".mkv", ".mov"):
         return [write_video(path, frames, fps=fps)]
     raise ValueError(f"output {path}: unsupported suffix {suffix!r}; use .png, .gif or .mp4")
+
+
+def text_prompt_generator(
+    engine: InferenceModel,
+    tokenizer: Any,
+    *,
+    max_prompt_tokens: int,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> Callable[[str], str]:
+    """A `generate(prompt_text) -> answer_text` callable (what `lwm make-qa` asks an LM with).
+
+    The prompt is encoded with a leading BOS; prompts longer than `max_prompt_tokens` keep
+    their last tokens, and how many were cut is counted on the callable's `truncated` attribute.
+    """
+    generator = TextGenerator(
+        engine, tokenizer, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
+        sampling=SamplingParams(temperature=temperature), seed=seed,
+    )
+
+    def generate(prompt: str) -> str:
+        ids = tokenizer.encode(prompt, add_bos=True)
+        if len(ids) > max_prompt_tokens:
+            generate.truncated += 1
+            ids = ids[-max_prompt_tokens:]
+        return generator(ids)
+
+    generate.truncated = 0  # type: ignore[attr-defined]
+    return generate
