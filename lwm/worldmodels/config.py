@@ -152,8 +152,11 @@ class ControllerConfig:
     `dream: true` scores them inside M instead of the real environment. `diagonal` uses
     separable CMA-ES (cheaper per generation for 867 parameters). `include_cell` also feeds the
     LSTM cell state to C; `sample_z` feeds a sample of V's posterior instead of its mean.
-    Every `eval_every` generations the mean of the search distribution is scored over
-    `eval_rollouts` episodes and kept as `best` when it improves.
+    Every `eval_every` generations (and after the last) the mean of the search distribution and
+    the generation's best candidate are each scored over `eval_rollouts` episodes (dreams with
+    `dream`, rounded up to whole population calls); the better becomes `best` when it improves.
+    Existing CMA-ES state in `run_dir/controller` is resumed when `resume` is set and it was
+    made for the same objective.
     """
 
     population: int = 64

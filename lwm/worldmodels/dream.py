@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lwm.worldmodels.controller import ControllerSpec, batched_controller_tanh
+from lwm.worldmodels.controller import ControllerSpec, batched_controller_tanh, controller_tanh
 from lwm.worldmodels.envs import model_action_from_tanh
 from lwm.worldmodels.mdnrnn import MDNRNN, sample_mixture
 from lwm.worldmodels.vae import decode_latents
@@ -105,34 +105,33 @@ def dream_frames(mdnrnn: MDNRNN, vae: Any, theta_N: np.ndarray | None, spec: Con
                  z0: np.ndarray, steps: int, temperature: float, seed: int, done_pos_weight: float = 1.0) -> np.ndarray:
     """Decodes one dream to uint8 frames [T, 64, 64, 3]; C acts when `theta_N` is given, else random.
 
-    Used for pictures; runs step by step in Python (a short dream).
+    Used for pictures: a short dream, one jitted step at a time; it ends like a training dream
+    (M's calibrated done probability) or after `steps` frames.
     """
     rng = np.random.default_rng(seed)
+
+    @nnx.jit
+    def advance(model, theta_N, use_controller, random_y, carry, z, t, key):
+        h, c = carry
+        features = jnp.concatenate([z, h, c] if spec.include_cell else [z, h], axis=-1)[0]
+        y = jnp.where(use_controller, controller_tanh(theta_N, features, spec, jnp), random_y)
+        action = model_action_from_tanh(env_name, y[None], jnp)
+        carry = model.step(carry, z, action, jnp.full((1,), t == 0, jnp.float32))
+        out = model.heads(carry[0])
+        next_z = sample_mixture(jax.random.fold_in(key, t), out.logmix, out.mean, out.logstd, temperature)
+        p_done = jnp.zeros(()) if out.done_logit is None else jax.nn.sigmoid(out.done_logit[0] - np.log(done_pos_weight))
+        return carry, next_z, p_done
+
+    theta = jnp.zeros(spec.num_params) if theta_N is None else jnp.asarray(theta_N, jnp.float32)
+    use_controller = jnp.asarray(theta_N is not None)
     key = jax.random.key(seed)
     carry = mdnrnn.initial_carry((1,))
     z = jnp.asarray(z0[None], jnp.float32)
     frames = []
-    def advance(model, carry, z, action, start):
-        carry = model.step(carry, z, action, start)
-        return carry, model.heads(carry[0])
-
-    advance = nnx.jit(advance)
     for t in range(steps):
         frames.append(decode_latents(vae, np.asarray(z))[0])
-        h, c = carry
-        if theta_N is not None:
-            features = jnp.concatenate([z, h, c] if spec.include_cell else [z, h], axis=-1)[0]
-            y = jnp.tanh(theta_N[: spec.action_dim * spec.features].reshape(spec.action_dim, spec.features) @ features
-                         + theta_N[spec.action_dim * spec.features:])
-        else:
-            y = jnp.asarray(rng.uniform(-1, 1, spec.action_dim), jnp.float32)
-        action = model_action_from_tanh(env_name, y[None], jnp)
-        start = jnp.full((1,), float(t == 0))
-        carry, out = advance(mdnrnn, carry, z, action, start)
-        key, sample_key, done_key = jax.random.split(key, 3)
-        z = sample_mixture(sample_key, out.logmix, out.mean, out.logstd, temperature)
-        if out.done_logit is not None:
-            p_done = float(jax.nn.sigmoid(out.done_logit[0] - np.log(done_pos_weight)))
-            if rng.uniform() < p_done:
-                break
+        random_y = jnp.asarray(rng.uniform(-1, 1, spec.action_dim), jnp.float32)
+        carry, z, p_done = advance(mdnrnn, theta, use_controller, random_y, carry, z, jnp.int32(t), key)
+        if rng.uniform() < float(p_done):
+            break
     return np.stack(frames)
