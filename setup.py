@@ -33,6 +33,8 @@ WORLDMODELS = [
     "gymnasium==1.4.0",
     "box2d==2.3.10",
     "cma==4.5.0",
+    # CarRacing renders with pygame; the -ce build is the one vizdoom also uses.
+    "pygame-ce==2.5.8",
 ]
 DOOM = ["vizdoom==1.3.2"]
 DEV = PARITY + WORLDMODELS + [
