@@ -268,11 +268,14 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     _say("2/5 training the VQ tokenizer and tokenizing", start)
     vq_tokenizer = train_tokenizer(config, world, output_dir)
+    _say("  encoding every video with the VQ tokenizer", start)
     all_frames = np.concatenate([video.frames for video in world.videos])
     all_codes = vq_tokenizer.encode(all_frames).reshape(len(world.videos), synthetic.num_frames, -1)
     codes = {video.index: all_codes[position] for position, video in enumerate(world.videos)}
     text_tokenizer = load_text_tokenizer(config.data.tokenizer or None)
+    _say("  encoding examples (caption->video, video->caption, video QA, passkey chats)", start)
     examples = encode_world(config, world, codes, text_tokenizer)
+    _say("  writing the pretrain and chat token stores", start)
     stores = build_stores(config, examples, text_tokenizer, output_dir)
     lengths = {kind: int(np.mean([len(e) for e in items])) if items else 0 for kind, items in examples.items()}
     print(f"  examples {({k: len(v) for k, v in examples.items()})}, mean tokens {lengths}, stores {stores}")

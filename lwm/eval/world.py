@@ -246,7 +246,9 @@ def plot_losses(metrics_path: Path, out_path: Path) -> dict[str, Any]:
     steps = [record["step"] + stage for record, stage in zip(records, stages)]
     figure, axis = plt.subplots(figsize=(7, 4))
     for name, style in (("loss", "k-"), ("text_loss", "b.-"), ("vision_loss", "r.-")):
-        values = [record.get(name, float("nan")) for record in records]
+        # A logged step whose batch held no token of a modality has no loss for it.
+        tokens = name.replace("loss", "tokens")
+        values = [record.get(name, float("nan")) if record.get(tokens, 1) else float("nan") for record in records]
         axis.plot(steps, values, style, label=name)
     for boundary in sorted(set(stages) - {0}):
         axis.axvline(boundary, color="gray", ls="--")
