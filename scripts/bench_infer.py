@@ -17,7 +17,7 @@ machine's time for all eight shards: compare them across lengths, not with accel
 Wall time per call is reported with the process CPU time (all threads), which is steadier
 on a shared machine.
 
-Example (the run recorded in docs/benchmarks_infer.md)::
+Example (the run recorded in docs/benchmarks.md)::
 
     .venv/bin/python scripts/bench_infer.py --devices 8 --prefill-lengths 1024,4096,16384 \\
         --decode-lengths 4096,32768,262144,1048576 --markdown /tmp/bench_infer.md

@@ -89,7 +89,7 @@ def _write_layer(k_all, v_all, k_new_BTKD, v_new_BTKD, index, positions_BT, shar
     owns positions `i*size ... (i+1)*size - 1`; positions it does not own, and -1 for padding,
     are not written), applied with the layer as a leading index of one scatter into the carried
     buffer. Calling those functions on a slice of one layer instead copies the whole slice
-    every step, which measured twice as slow (see docs/benchmarks_infer.md).
+    every step, which measured twice as slow (see docs/benchmarks.md).
     """
     size = k_all.shape[2]
     local_BT = positions_BT - (jax.lax.axis_index("sp") * size if sharded else 0)
