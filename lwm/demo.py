@@ -59,6 +59,9 @@ class DemoDataConfig:
     document_chars: int = 900
     # Caption/video examples repeated in the chat stage so that vision is not forgotten.
     chat_keep_vision: bool = True
+    # Ask passkey questions as the needle evaluation does: on the document's line, followed by
+    # its instruction (`lwm.eval.needle.INSTRUCTION`).
+    passkey_instruction: bool = True
 
     def validate(self) -> None:
         """Raises `ConfigError` for non-positive sizes."""
@@ -189,7 +192,13 @@ def encode_world(config: DemoConfig, world: Any, codes: dict[int, np.ndarray], t
                 "messages": [{"role": "user", "content": qa.question},
                              {"role": "assistant", "content": qa.answer}],
                 "vision": record["vision"]}))
+    from lwm.eval.needle import INSTRUCTION
+
     for record in passkey_chat_records(world, split):
+        if config.demo_data.passkey_instruction:
+            record = {"messages": [
+                {**message, "content": message["content"].replace("\n", " ") + " " + INSTRUCTION}
+                if message["role"] == "user" else message for message in record["messages"]]}
         examples["passkey"].append(encoders["chat"](record))
     return examples
 
