@@ -234,6 +234,11 @@ def train_stage(
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         checkpointer.close()
+        if jax.process_count() > 1:
+            import orbax.checkpoint as ocp
+
+            # Nobody leaves the stage until every process's checkpoint writes are committed.
+            ocp.multihost.sync_global_processes(f"lwm-stage-end-{stage_name or 'main'}-{step}", timeout=3600)
         writer.close()
         if progress is not None:
             progress.close()
