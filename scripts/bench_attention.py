@@ -232,8 +232,12 @@ def _run_config(args, impl, seq, devices, mode, kv_heads, save_dir) -> dict:
             result = json.loads(line)
             result["saved"] = save if os.path.exists(save) else None
             return result
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return dict(impl=impl, seq=seq, devices=devices, mode=mode, kv_heads=kv_heads, error=" | ".join(tail))
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
+    # Keep the first line that names the failure (an XLA check or a Python error), then the end.
+    cause = [line for line in lines if "Check failed" in line or "Error" in line or "Killed" in line][:1]
+    summary = " | ".join(cause + lines[-2:]).replace("|", "/")
+    return dict(impl=impl, seq=seq, devices=devices, mode=mode, kv_heads=kv_heads, heads=args.heads,
+                error=f"exit {proc.returncode}: {summary}")
 
 
 def _max_difference(path_a: str, path_b: str) -> float:
