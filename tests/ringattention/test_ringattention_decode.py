@@ -5,6 +5,7 @@ import pytest
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from conftest import assert_close, make_mesh, random_qkv
@@ -76,11 +77,19 @@ def test_decode_step_by_step_matches_causal_attention():
     k_cache = jnp.zeros((1, 32, 1, 16))
     v_cache = jnp.zeros((1, 32, 1, 16))
     k_cache, v_cache = update_cache(k_cache, v_cache, k[:, :12], v[:, :12], jnp.arange(12)[None])
+
+    @jax.jit
+    def step(k_cache, v_cache, t):
+        k_t, v_t, q_t = (lax.dynamic_slice_in_dim(x, t, 1, axis=1) for x in (k, v, q))
+        k_cache, v_cache = update_cache(k_cache, v_cache, k_t, v_t, jnp.full((1, 1), t))
+        out = decode_attention(q_t, k_cache, v_cache, q_positions=jnp.full((1, 1), t), cache_length=t + 1,
+                               key_chunk_size=8)
+        return k_cache, v_cache, out
+
     outputs = []
     for t in range(12, 16):
-        k_cache, v_cache = update_cache(k_cache, v_cache, k[:, t:t + 1], v[:, t:t + 1], jnp.array([[t]]))
-        outputs.append(decode_attention(q[:, t:t + 1], k_cache, v_cache, q_positions=jnp.array([[t]]),
-                                        cache_length=t + 1, key_chunk_size=8))
+        k_cache, v_cache, out = step(k_cache, v_cache, jnp.int32(t))
+        outputs.append(out)
     assert_close(jnp.concatenate(outputs, axis=1), dense_attention(q, k, v)[:, 12:], 1e-5, "step decode")
 
 
