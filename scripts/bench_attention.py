@@ -14,10 +14,10 @@ installed into its own target directory and imported from there in its own proce
 
     .venv/bin/pip install --no-deps --target .bench/ringattention_pypi ringattention==0.1.2
 
-Example (the comparison recorded in docs/benchmarks_attention.md)::
+Example (the comparison recorded in docs/benchmarks.md)::
 
     .venv/bin/python scripts/bench_attention.py --seq-lens 4096,8192,16384 --devices 4 \\
-        --modes fwdbwd --repeats 3 --markdown docs/benchmarks_attention_run.md
+        --modes fwdbwd --repeats 3 --markdown /tmp/bench_attention.md
 
 FLOPs are the useful causal FLOPs: forward ``4 * B * H * D * S * (S + 1) / 2`` (two matmuls over
 the visible pairs), forward+backward 3.5x that (the backward recomputes the scores and does
