@@ -14,21 +14,18 @@ import dataclasses
 import math
 import signal
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from lwm.config import StageConfig, TrainRunConfig, save_config, to_dict
 from lwm.data.loader import make_batch_iterator
-from lwm.data.store import TokenExample
 from lwm.mesh import data_sharding, make_mesh, replicated, state_shardings
 from lwm.model.llama import LlamaModel
-from lwm.model.params_io import load_params_tree, save_model, set_params
+from lwm.model.params_io import load_params_tree, save_model
 from lwm.train import distributed
 from lwm.train.checkpoint import Checkpointer, abstract_like
 from lwm.train.metrics import MetricsWriter, measure_matmul_flops, train_flops_per_token
