@@ -243,6 +243,18 @@ def _dot(a, b):
 # ----------------------------------------------------------------------------- forward
 
 
+def _tie_to_data(data, *masks):
+    """Make mask inputs (positions, segment ids) look data-dependent to JAX's partial evaluator.
+
+    Differentiating a layer stack under ``lax.scan`` hoists every value that depends only on
+    loop constants out of the loop and keeps it for the backward pass. Positions and segment
+    ids are such constants, so without this the masks of every (query chunk, key chunk) block
+    would be precomputed and stored: O(S^2) memory. An optimization barrier joins them to the
+    queries, which vary per layer, so masks are built block by block inside the loop.
+    """
+    return lax.optimization_barrier((data, *masks))
+
+
 def init_state(q_chunks, v_dim: int):
     """Zero accumulator, -inf running max and zero denominator for chunked queries."""
     stats = jnp.zeros_like(q_chunks[..., 0], dtype=jnp.float32)
@@ -277,6 +289,7 @@ def forward_step(state, q_c, q_pos_c, q_seg_c, k_t_c, v_c, k_pos_c, k_seg_c, cau
     ``v_c [nk, B, KV, ck, Dv]``. Returns ``(state, computed)`` where ``computed`` counts the
     blocks that were not skipped.
     """
+    q_c, q_pos_c, q_seg_c, k_pos_c, k_seg_c = _tie_to_data(q_c, q_pos_c, q_seg_c, k_pos_c, k_seg_c)
     kinds = block_kinds(q_pos_c, k_pos_c, causal, q_seg_c, k_seg_c)
 
     def query_chunk(_, xs):
