@@ -129,6 +129,9 @@ def load_model(directory: str | Path, overrides: tuple[str, ...] = ()) -> LlamaM
     # Restore straight into the abstract model's state: no random initialisation is computed
     # only to be overwritten (for 7B that would double the memory and the load time).
     graphdef, state = nnx.split(abstract_model(config))
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
+    # An explicit placement: without one Orbax reuses the saving run's shardings, which name
+    # devices this process may not have (a model trained on 8 devices, loaded on 1).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nnx.to_pure_dict(state))
     nnx.replace_by_pure_dict(state, load_params_tree(directory, target))
     return nnx.merge(graphdef, state)
