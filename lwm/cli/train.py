@@ -33,7 +33,12 @@ def _run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.config is None:
         raise ConfigError("lwm train needs --config PATH (see configs/)")
     config = load_config(TrainRunConfig, args.config, overrides)
-    results = train(config)
+    from lwm.train import distributed
+
+    try:
+        results = train(config)
+    finally:
+        distributed.shutdown()
     for result in results:
         state = "preempted, resume by rerunning" if result.preempted else f"model in {result.model_dir}"
         print(f"{result.name or 'train'}: step {result.steps}, loss {result.final_metrics.get('loss', float('nan')):.4f}, {state}")

@@ -33,6 +33,19 @@ def initialize(config: DistributedConfig) -> None:
     _initialized = True
 
 
+def shutdown() -> None:
+    """Leaves the job (a no-op unless `initialize` joined one).
+
+    Call it when a process's work is done. Left to the interpreter's exit, the shutdown
+    barrier runs after other libraries' exit handlers, and a process slowed there (a loaded
+    machine, a background writer still closing) can miss the barrier's deadline.
+    """
+    global _initialized
+    if _initialized:
+        jax.distributed.shutdown()
+        _initialized = False
+
+
 def is_main_process() -> bool:
     """Whether this is process 0 (the one that prints and writes logs)."""
     return jax.process_index() == 0

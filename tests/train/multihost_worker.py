@@ -1,11 +1,13 @@
 """One process of a two-process CPU training job (run by test_multihost.py, not by pytest)."""
 
+import faulthandler
 import sys
 
 import jax
 
 from lwm.config import TrainRunConfig, load_config
 from lwm.data.toy import progression_examples
+from lwm.train import distributed
 from lwm.train.loop import train
 
 
@@ -26,6 +28,10 @@ def main() -> None:
     results = train(config, source=examples, stop_after_steps=stop_after or None)
     assert jax.process_count() == 2 and jax.device_count() == 4
     print(f"process {process_id}: step {results[-1].steps} preempted {results[-1].preempted}", flush=True)
+    # If leaving the job stalls, say where every thread is (the test shows this output).
+    faulthandler.dump_traceback_later(120, exit=False)
+    distributed.shutdown()
+    faulthandler.cancel_dump_traceback_later()
 
 
 if __name__ == "__main__":
