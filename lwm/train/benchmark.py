@@ -16,7 +16,6 @@ from typing import Any
 import jax
 
 import numpy as np
-from flax import nnx
 
 from lwm.config import TrainRunConfig
 from lwm.train.metrics import measure_matmul_flops, train_flops_per_token
@@ -55,30 +54,12 @@ def _synthetic_batch(config: TrainRunConfig, seed: int = 0) -> dict[str, np.ndar
 
 def compile_train_step(config: TrainRunConfig) -> tuple[Any, Any, Any, Any]:
     """The compiled sharded train step, its initial state and a global synthetic batch."""
-    from lwm.mesh import data_sharding, make_mesh, replicated, state_shardings
-    from lwm.model.attention import sequence_permutation
-    from lwm.model.llama import LlamaModel
-    from lwm.train.optimizer import make_optimizer
-    from lwm.train.step import init_train_state, make_train_step, train_state_shardings
+    from lwm.train.setup import train_setup
 
-    mesh = make_mesh(config.mesh)
-    optimizer = make_optimizer(config.train)
-    with jax.set_mesh(mesh):
-        abstract = nnx.eval_shape(lambda: LlamaModel(config.model, rngs=nnx.Rngs(0)))
-        graphdef, abstract_params = nnx.split(abstract)
-        param_shardings = state_shardings(abstract_params, mesh)
-        shardings = train_state_shardings(optimizer, abstract_params, param_shardings, replicated(mesh))
-
-        def create():
-            params = nnx.split(LlamaModel(config.model, rngs=nnx.Rngs(0)))[1]
-            return init_train_state(params, optimizer)
-
-        state = jax.jit(create, out_shardings=shardings)()
-        batch = {key: jax.device_put(value, data_sharding(mesh)) for key, value in _synthetic_batch(config).items()}
-        step = make_train_step(graphdef, optimizer, config.train, config.data,
-                               sequence_permutation(config.model, mesh.shape["sp"]))
-        compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch).compile()
-    return compiled, state, batch, mesh
+    setup = train_setup(config)
+    state = setup.init_state(setup.create_params())
+    batch = {key: jax.device_put(value, setup.batch_sharding) for key, value in _synthetic_batch(config).items()}
+    return setup.compile(), state, batch, setup.mesh
 
 
 def measure_throughput(name: str, config: TrainRunConfig, repeats: int = 5) -> ThroughputResult:

@@ -23,20 +23,12 @@ from flax import nnx
 
 from lwm.config import StageConfig, TrainRunConfig, save_config, to_dict
 from lwm.data.loader import make_batch_iterator
-from lwm.mesh import data_sharding, make_mesh, replicated, state_shardings
-from lwm.model.llama import LlamaModel
 from lwm.model.params_io import load_params_tree, save_model
 from lwm.train import distributed
 from lwm.train.checkpoint import Checkpointer, abstract_like
 from lwm.train.metrics import MetricsWriter, measure_matmul_flops, train_flops_per_token
-from lwm.train.optimizer import make_optimizer
-from lwm.train.step import BATCH_KEYS, init_train_state, make_train_step, train_state_shardings
-
-
-_BATCH_DTYPES = {
-    "input_ids": np.int32, "target_ids": np.int32, "segment_ids": np.int32, "positions": np.int32,
-    "input_is_vision": np.bool_, "target_is_vision": np.bool_, "loss_weight": np.float32,
-}
+from lwm.train.setup import train_setup
+from lwm.train.step import BATCH_KEYS
 
 
 class NonFiniteLossError(RuntimeError):
@@ -96,12 +88,6 @@ def apply_stage(config: TrainRunConfig, stage: StageConfig) -> TrainRunConfig:
     return dataclasses.replace(config, model=model, data=data, train=train, stages=())
 
 
-def _prepare_batch_fn(config: TrainRunConfig, mesh: jax.sharding.Mesh):
-    from lwm.model.attention import sequence_permutation
-
-    return sequence_permutation(config.model, mesh.shape["sp"])
-
-
 def _to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
     return {key: jax.make_array_from_process_local_data(sharding, batch[key]) for key in BATCH_KEYS}
 
@@ -121,27 +107,17 @@ def train_stage(
     way a preemption would (used to test resumption).
     """
     main = distributed.is_main_process()
-    mesh = make_mesh(config.mesh)
+    setup = train_setup(config)
+    mesh, graphdef, batch_sharding = setup.mesh, setup.graphdef, setup.batch_sharding
     stage_dir.mkdir(parents=True, exist_ok=True)
     if main:
         save_config(config, stage_dir / "config.yaml")
-    optimizer = make_optimizer(config.train)
-    with jax.set_mesh(mesh):
-        abstract_model = nnx.eval_shape(lambda: LlamaModel(config.model, rngs=nnx.Rngs(config.train.seed)))
-        graphdef, abstract_params = nnx.split(abstract_model)
-        param_shardings = state_shardings(abstract_params, mesh)
-
-        def create_params():
-            return nnx.split(LlamaModel(config.model, rngs=nnx.Rngs(config.train.seed)))[1]
-
-        params = jax.jit(create_params, out_shardings=param_shardings)()
-        if init_params_from is not None:
-            target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                                  nnx.to_pure_dict(params))
-            loaded = load_params_tree(init_params_from, target)
-            nnx.replace_by_pure_dict(params, loaded)
-        state_sharding = train_state_shardings(optimizer, abstract_params, param_shardings, replicated(mesh))
-        state = jax.jit(lambda p: init_train_state(p, optimizer), out_shardings=state_sharding)(params)
+    params = setup.create_params()
+    if init_params_from is not None:
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                              nnx.to_pure_dict(params))
+        nnx.replace_by_pure_dict(params, load_params_tree(init_params_from, target))
+    state = setup.init_state(params)
 
     iterator = make_batch_iterator(
         config.data, source, process_index=jax.process_index(), process_count=jax.process_count()
@@ -155,16 +131,9 @@ def train_stage(
         iterator.set_state(data_state)
         start_step = latest
 
-    step_fn = make_train_step(graphdef, optimizer, config.train, config.data, _prepare_batch_fn(config, mesh))
-    batch_sharding = data_sharding(mesh)
-    with jax.set_mesh(mesh):
-        jitted = jax.jit(step_fn, out_shardings=(state_sharding, None), donate_argnums=(0,))
-        # Compile before the first collective, then line the processes up: a process that
-        # compiles much later than its peers would otherwise time out in the collectives' set-up.
-        example_batch = {key: jax.ShapeDtypeStruct((config.data.batch_size, config.data.seq_len),
-                                                   _BATCH_DTYPES[key], sharding=batch_sharding)
-                         for key in BATCH_KEYS}
-        compiled_step = jitted.lower(abstract_like(state), example_batch).compile()
+    # Compile before the first collective, then line the processes up: a process that
+    # compiles much later than its peers would otherwise time out in the collectives' set-up.
+    compiled_step = setup.compile(abstract_like(state))
     if jax.process_count() > 1:
         import orbax.checkpoint as ocp
 

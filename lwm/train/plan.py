@@ -166,30 +166,9 @@ def measured_train_step_bytes(config: TrainRunConfig) -> dict[str, Any]:
     Uses XLA's memory analysis of the real jitted step: arguments (state and batch), outputs
     aliased by donation, and temporaries.
     """
-    from lwm.mesh import data_sharding, make_mesh, replicated, state_shardings
-    from lwm.model.llama import LlamaModel
-    from lwm.train.optimizer import make_optimizer
-    from lwm.train.step import BATCH_KEYS, init_train_state, make_train_step, train_state_shardings
+    from lwm.train.setup import train_setup
 
-    mesh = make_mesh(config.mesh)
-    optimizer = make_optimizer(config.train)
-    with jax.set_mesh(mesh):
-        abstract = nnx.eval_shape(lambda: LlamaModel(config.model, rngs=nnx.Rngs(0)))
-        graphdef, params = nnx.split(abstract)
-        shardings = state_shardings(params, mesh)
-        params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
-        state_sharding = train_state_shardings(optimizer, params, shardings, replicated(mesh))
-        state = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            jax.eval_shape(lambda p: init_train_state(p, optimizer), params), state_sharding,
-        )
-        batch_sharding = data_sharding(mesh)
-        dtypes = {"input_is_vision": np.bool_, "target_is_vision": np.bool_, "loss_weight": np.float32}
-        batch = {key: jax.ShapeDtypeStruct((config.data.batch_size, config.data.seq_len),
-                                           dtypes.get(key, np.int32), sharding=batch_sharding)
-                 for key in BATCH_KEYS}
-        step = make_train_step(graphdef, optimizer, config.train, config.data)
-        compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch).compile()
+    compiled = train_setup(config).compile()
     analysis = compiled.memory_analysis()
     return {
         "argument_bytes": int(analysis.argument_size_in_bytes),
