@@ -34,6 +34,9 @@ from lwm.config.vq import (
     VQTrainRunConfig,
 )
 
+# The kinds of training examples the world is encoded into (`encode_world`).
+EXAMPLE_KINDS = ("text_to_video", "video_to_text", "video_qa", "passkey")
+
 # Written into the output folder so that a rerun may clear it (and never clears anything else).
 MARKER_FILE = "demo.json"
 
@@ -57,8 +60,12 @@ class DemoDataConfig:
     chat_lr: float = 1e-3
     # Passkey documents are about this many characters (fits data.seq_len with the template).
     document_chars: int = 900
-    # Caption/video examples repeated in the chat stage so that vision is not forgotten.
-    chat_keep_vision: bool = True
+    # Example kinds of each stage (text_to_video, video_to_text, video_qa, passkey). Chat
+    # examples carry loss only on the answers, so pretraining on them would spend most of its
+    # compute on tokens that teach nothing; pretraining is on the captioned videos, whose
+    # every vision token is a target, and the chat stage adds the questions.
+    pretrain_kinds: tuple[str, ...] = ("text_to_video", "video_to_text")
+    chat_kinds: tuple[str, ...] = ("video_qa", "passkey", "video_to_text")
     # Ask passkey questions as the needle evaluation does: on the document's line, followed by
     # its instruction (`lwm.eval.needle.INSTRUCTION`).
     passkey_instruction: bool = True
@@ -68,6 +75,11 @@ class DemoDataConfig:
         if self.chat_steps < 0 or self.chat_lr <= 0 or self.document_chars <= 0:
             raise ConfigError(f"demo_data: chat_steps={self.chat_steps} must be >= 0, chat_lr={self.chat_lr} "
                               f"and document_chars={self.document_chars} positive")
+        for name in ("pretrain_kinds", "chat_kinds"):
+            unknown = sorted(set(getattr(self, name)) - set(EXAMPLE_KINDS))
+            if unknown or not getattr(self, name):
+                raise ConfigError(f"demo_data.{name}={list(getattr(self, name))}: expected a non-empty "
+                                  f"list of {list(EXAMPLE_KINDS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +194,7 @@ def encode_world(config: DemoConfig, world: Any, codes: dict[int, np.ndarray], t
     from lwm.data.synthetic import passkey_chat_records
 
     encoders = {name: ExampleEncoder(data, text_tokenizer) for name, data in data_configs(config).items()}
-    examples: dict[str, list[Any]] = {"text_to_video": [], "video_to_text": [], "video_qa": [], "passkey": []}
+    examples: dict[str, list[Any]] = {kind: [] for kind in EXAMPLE_KINDS}
     for video in world.videos_in(split):
         record = {"caption": video.caption, "vision": codes[video.index].reshape(-1).tolist()}
         examples["text_to_video"].append(encoders["text_to_video"](record))
@@ -219,15 +231,13 @@ def write_store(path: Path, examples: list[Any], config: DemoConfig, text_tokeni
 
 def build_stores(config: DemoConfig, examples: dict[str, list[Any]], text_tokenizer: Any,
                  output_dir: Path) -> dict[str, dict[str, int]]:
-    """The pretraining store (everything) and the chat store (QA and passkey chats, captioning)."""
+    """The pretraining and chat stores, of the kinds `demo_data` names for each."""
     rng = np.random.default_rng(config.data.seed)
     too_long = {kind: sum(len(e) > config.data.seq_len for e in items) for kind, items in examples.items()}
     if any(too_long.values()):
         print(f"  warning: examples longer than data.seq_len={config.data.seq_len} are split: {too_long}")
-    pretrain = [e for items in examples.values() for e in items]
-    chat = examples["video_qa"] + examples["passkey"]
-    if config.demo_data.chat_keep_vision:
-        chat = chat + examples["video_to_text"]
+    pretrain = [e for kind in config.demo_data.pretrain_kinds for e in examples[kind]]
+    chat = [e for kind in config.demo_data.chat_kinds for e in examples[kind]]
     stores = {}
     for name, items in (("pretrain", pretrain), ("chat", chat)):
         order = rng.permutation(len(items))
