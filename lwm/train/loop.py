@@ -26,7 +26,7 @@ from lwm.data.loader import make_batch_iterator
 from lwm.model.params_io import load_params_tree, save_model
 from lwm.train import distributed
 from lwm.train.checkpoint import Checkpointer, abstract_like
-from lwm.train.metrics import MetricsWriter, measure_matmul_flops, train_flops_per_token
+from lwm.train.metrics import MetricsWriter, machine_peak_flops, train_flops_per_token
 from lwm.train.setup import train_setup
 from lwm.train.step import BATCH_KEYS
 
@@ -139,7 +139,7 @@ def train_stage(
 
         ocp.multihost.sync_global_processes(f"lwm-compiled-{stage_name or 'main'}-{start_step}", timeout=3600)
     flops_per_token = train_flops_per_token(config.model, config.data.seq_len)
-    peak = config.logging.peak_tflops_per_device * 1e12 or measure_matmul_flops()
+    peak = machine_peak_flops(config.logging.peak_tflops_per_device)
     writer = MetricsWriter(
         config.logging.output_dir, tensorboard=config.logging.tensorboard,
         wandb_project=config.logging.wandb_project, run_config=to_dict(config), enabled=main,
@@ -184,7 +184,7 @@ def train_stage(
                     lr=float(_learning_rate(config, step)),
                     tokens_per_second=tokens_per_second,
                     step_time=elapsed / steps_since,
-                    mfu=tokens_per_second * flops_per_token / (peak * jax.device_count()),
+                    mfu=tokens_per_second * flops_per_token / peak,
                 )
                 writer.write(step, metrics_host)
                 tokens_since, steps_since, time_since = 0, 0, time.perf_counter()

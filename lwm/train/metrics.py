@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lwm.config import ModelConfig
@@ -40,16 +39,35 @@ def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
 
 
 def measure_matmul_flops(size: int = 2048, repeats: int = 5) -> float:
-    """This device's achieved float32 matmul FLOP/s: the peak used for MFU on CPU."""
-    a = jnp.ones((size, size), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    """One device's achieved float32 matmul FLOP/s: the peak used for MFU when none is configured.
+
+    The operand is committed to one device, so that inside a mesh context the product is not
+    replicated over every device (which would divide the apparent rate by the device count).
+    """
+    device = jax.local_devices()[0]
+    with jax.set_mesh(jax.make_mesh((1,), ("one",), devices=[device])):
+        a = jax.device_put(np.ones((size, size), np.float32), device)
+        matmul = jax.jit(lambda x: x @ x)
         matmul(a).block_until_ready()
-        times.append(time.perf_counter() - start)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            matmul(a).block_until_ready()
+            times.append(time.perf_counter() - start)
     return 2.0 * size**3 / float(np.median(times))
+
+
+def machine_peak_flops(peak_tflops_per_device: float) -> float:
+    """Peak FLOP/s of all devices of the job, the denominator of MFU.
+
+    With `peak_tflops_per_device` set (an accelerator's datasheet number) it is that times the
+    device count. Otherwise the matmul rate is measured; fake CPU devices share the host's cores,
+    so on CPU one device's measured rate already is the whole machine's.
+    """
+    if peak_tflops_per_device:
+        return peak_tflops_per_device * 1e12 * jax.device_count()
+    rate = measure_matmul_flops()
+    return rate if jax.default_backend() == "cpu" else rate * jax.device_count()
 
 
 class MetricsWriter:
