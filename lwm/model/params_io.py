@@ -100,14 +100,25 @@ def save_model(model: LlamaModel, directory: str | Path) -> Path:
     return directory
 
 
-def load_params_tree(directory: str | Path, target: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Reads the parameter dict of a model directory (onto `target`'s shapes and shardings)."""
+def load_params_tree(directory: str | Path, target: dict[str, Any] | None = None, *,
+                     process_local: bool = False) -> dict[str, Any]:
+    """Reads the parameter dict of a model directory (onto `target`'s shapes and shardings).
+
+    In a multi-process job a restore is collective: every process calls it with the same
+    global target. `process_local=True` is for a target on this process's own devices, read by
+    one process alone (the main process exporting a model); it skips the cross-process barriers
+    that would otherwise wait forever for the others.
+    """
     import orbax.checkpoint as ocp
 
     path = Path(directory).absolute() / PARAMS_DIR
     if not path.exists():
         raise FileNotFoundError(f"{directory} has no {PARAMS_DIR}/: not an lwm model directory")
-    with ocp.StandardCheckpointer() as checkpointer:
+    options = ocp.options.MultiprocessingOptions()
+    if process_local:
+        me = jax.process_index()
+        options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    with ocp.StandardCheckpointer(multiprocessing_options=options) as checkpointer:
         return checkpointer.restore(path, target) if target is not None else checkpointer.restore(path)
 
 
@@ -133,5 +144,5 @@ def load_model(directory: str | Path, overrides: tuple[str, ...] = ()) -> LlamaM
     # devices this process may not have (a model trained on 8 devices, loaded on 1).
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, load_params_tree(directory, target))
+    nnx.replace_by_pure_dict(state, load_params_tree(directory, target, process_local=True))
     return nnx.merge(graphdef, state)

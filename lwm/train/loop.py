@@ -254,4 +254,10 @@ def train(config: TrainRunConfig, *, source: Any = None, stop_after_steps: int |
 
         if distributed.is_main_process():
             lwm_to_hf(previous_model, output_dir / "hf")
+        if jax.process_count() > 1:
+            import orbax.checkpoint as ocp
+
+            # The others wait here for the export rather than in JAX's shutdown barrier, whose
+            # deadline (5 minutes) a large model's export could overrun.
+            ocp.multihost.sync_global_processes("lwm-export-hf", timeout=3600)
     return results
