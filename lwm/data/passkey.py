@@ -71,7 +71,7 @@ class Needle:
     @property
     def question(self) -> str:
         """`What is the special magic {city} number?`"""
-        return f"What is the special magic {self.city} number?"
+        return QUESTION_ONE.format(city=self.city)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +104,14 @@ class PasskeyDocument:
         return self.needles[0].depth
 
 
+# LWM's needle and question; `lwm.eval.needle` asks with the same words.
+NEEDLE = "The special magic {city} number is: {number}."
+QUESTION_ONE = "What is the special magic {city} number?"
+
+
 def needle_sentence(city: str, number: str) -> str:
     """LWM's needle: `The special magic {city} number is: {number}.`"""
-    return f"The special magic {city} number is: {number}."
+    return NEEDLE.format(city=city, number=number)
 
 
 def filler_sentences(rng: np.random.Generator, *, num_sentences: int | None = None,

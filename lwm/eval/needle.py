@@ -33,9 +33,8 @@ import numpy as np
 
 from lwm.config.data import ChatTemplateConfig
 from lwm.config.infer import NeedleConfig
+from lwm.data.passkey import NEEDLE, QUESTION_ONE
 
-NEEDLE = "The special magic {city} number is: {number}."
-QUESTION_ONE = "What is the special magic {city} number?"
 QUESTION_MANY = "What are the special magic numbers for {cities}?"
 INSTRUCTION = "Don't give information outside the document or repeat your findings. Keep your response short and direct."
 CITIES = (
