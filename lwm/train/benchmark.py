@@ -116,12 +116,7 @@ def longest_trainable_sequence(
     return best, seen
 
 
-def float32_matmul_rate() -> float:
-    """This machine's float32 matmul FLOP/s (median of a few 2048² products)."""
-    return measure_matmul_flops()
-
-
 __all__ = [
-    "ThroughputResult", "compile_train_step", "compiled_peak_bytes", "float32_matmul_rate",
+    "ThroughputResult", "compile_train_step", "compiled_peak_bytes",
     "longest_trainable_sequence", "measure_throughput",
 ]

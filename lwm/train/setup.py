@@ -13,19 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
 import optax
 from flax import nnx
 
 from lwm.config import TrainRunConfig
+from lwm.data.packing import ROW_FEATURES
 from lwm.mesh import data_sharding, make_mesh, replicated, state_shardings
 from lwm.model.attention import sequence_permutation
 from lwm.model.llama import LlamaModel
 from lwm.train.optimizer import make_optimizer
 from lwm.train.step import BATCH_KEYS, init_train_state, make_train_step, train_state_shardings
-
-# Batch arrays that are not int32.
-BATCH_DTYPES = {"input_is_vision": np.bool_, "target_is_vision": np.bool_, "loss_weight": np.float32}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +64,7 @@ class TrainSetup:
     def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
         """`ShapeDtypeStruct`s of one global batch (`data.batch_size` x `data.seq_len`)."""
         shape = (self.config.data.batch_size, self.config.data.seq_len)
-        return {key: jax.ShapeDtypeStruct(shape, BATCH_DTYPES.get(key, np.int32), sharding=self.batch_sharding)
+        return {key: jax.ShapeDtypeStruct(shape, ROW_FEATURES[key], sharding=self.batch_sharding)
                 for key in BATCH_KEYS}
 
     def compile(self, state: Any = None) -> Any:
