@@ -55,6 +55,7 @@ def test_demo_pipeline_end_to_end_at_tiny_sizes(tmp_path):
     assert _is_fraction(qa["accuracy"]) and _is_fraction(qa["text_only_accuracy"])
     assert frame["codes"] > 0 and _is_fraction(frame["accuracy"]) and _is_fraction(frame["copy_last_frame_accuracy"])
     assert _is_fraction(needle["accuracy"]) and _is_fraction(needle["accuracy_at_trained_length"])
+    assert _is_fraction(needle["digits_right"])
     assert _is_fraction(stored["continuation"]["code_accuracy"])
     losses = stored["losses"]
     assert all(math.isfinite(losses["final"][key]) for key in ("loss", "text_loss", "vision_loss"))

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,12 @@ class NeedleReport:
         scores = [score for result in self.results for score in result["correct"]]
         return float(np.mean(scores)) if scores else float("nan")
 
+    @property
+    def digit_accuracy(self) -> float:
+        """Mean share of digits in place (`digits_right`) over all asked needles; chance is ~0.1."""
+        scores = [score for result in self.results for score in result.get("digits_right", [])]
+        return float(np.mean(scores)) if scores else float("nan")
+
 
 def needle_grid(settings: NeedleConfig) -> tuple[list[int], list[float]]:
     """Context lengths (tokens) and depths (percent) of the grid, as LWM spaces them."""
@@ -113,6 +120,17 @@ def needle_grid(settings: NeedleConfig) -> tuple[list[int], list[float]]:
 def score_answer(answer: str, number: str) -> bool:
     """Correct when the needle's digits appear in the answer (LWM's substring scoring)."""
     return number in answer
+
+
+def digits_right(answer: str, number: str) -> float:
+    """Share of the needle's digits in place in the answer's best-matching run of digits.
+
+    A diagnostic beside LWM's all-or-nothing score: a model that copies five of seven digits is
+    learning to retrieve and scores 5/7 here, while guessing scores about 0.1 (one digit in ten).
+    With several needles asked at once, each is matched against every run in the answer.
+    """
+    runs = re.findall(r"\d+", answer)
+    return max((sum(a == b for a, b in zip(run, number)) / len(number) for run in runs), default=0.0)
 
 
 def _random_number(rng: np.random.Generator) -> str:
@@ -307,6 +325,7 @@ def run_needle_eval(
             "answers": [by_city[city].number for city in cell.asked],
             "response": answer,
             "correct": [score_answer(answer, by_city[city].number) for city in cell.asked],
+            "digits_right": [digits_right(answer, by_city[city].number) for city in cell.asked],
         })
         _write_json(results_path, {"settings": fingerprint, "results": results})
         if bar is not None:

@@ -222,6 +222,7 @@ def needle_accuracy(engine: Any, text_tokenizer: Any, evaluation: Any, output_di
     lengths, depths, matrix = accuracy_grid(report.results)
     at_longest = [c for r in report.results if r["context_length"] == max(lengths) for c in r["correct"]]
     return {"accuracy": report.accuracy, "accuracy_at_trained_length": float(np.mean(at_longest)),
+            "digits_right": report.digit_accuracy,
             "lengths": lengths, "depths": depths, "grid": matrix.tolist(),
             "heatmap": str(report.heatmap_path.relative_to(output_dir)) if report.heatmap_path else None,
             "example_response": report.results[0]["response"] if report.results else ""}
@@ -295,7 +296,8 @@ def evaluate(config: Any, world: Any, codes: dict[int, np.ndarray], vq_tokenizer
     progress("needle retrieval grid")
     numbers["needle"] = needle_accuracy(engine, text_tokenizer, config.evaluation, output_dir, config.data.seed)
     progress(f"  accuracy {numbers['needle']['accuracy']:.3f} "
-             f"(at {max(numbers['needle']['lengths'])} tokens: {numbers['needle']['accuracy_at_trained_length']:.3f})")
+             f"(at {max(numbers['needle']['lengths'])} tokens: {numbers['needle']['accuracy_at_trained_length']:.3f}; "
+             f"digits in place {numbers['needle']['digits_right']:.3f})")
     qa, frame, needle = numbers["video_qa"], numbers["next_frame"], numbers["needle"]
     numbers["bars"] = {
         "needle_accuracy_at_trained_length": {"value": needle["accuracy_at_trained_length"],
@@ -339,7 +341,8 @@ def write_report(numbers: dict[str, Any], output_dir: Path) -> Path:
               f"![continuation]({CONTINUATION_GIF})", "", f"![continuation strip]({CONTINUATION_PNG})", "",
               "## Needle retrieval", "",
               f"Accuracy {needle['accuracy']:.3f} over lengths {needle['lengths']} and depths {needle['depths']}; "
-              f"at the longest length {needle['accuracy_at_trained_length']:.3f}. Example answer: "
+              f"at the longest length {needle['accuracy_at_trained_length']:.3f}. Digits in place "
+              f"{needle['digits_right']:.3f} (guessing: 0.1). Example answer: "
               f"`{needle['example_response'].strip()}`", ""]
     if needle.get("heatmap"):
         lines += [f"![needle heatmap]({needle['heatmap']})", ""]

@@ -15,6 +15,7 @@ from lwm.eval.needle import (
     make_cells,
     needle_grid,
     run_needle_eval,
+    digits_right,
     score_answer,
 )
 
@@ -56,6 +57,9 @@ def test_grid_and_scoring():
     assert lengths == [200, 300, 400] and depths == [0.0, 25.0, 50.0, 75.0, 100.0]
     assert score_answer("The number is 1234567.", "1234567")
     assert not score_answer("The number is 123456.", "1234567")
+    assert digits_right("It is 1234567.", "1234567") == 1.0
+    assert digits_right("It is 1239567, or 12.", "1234567") == 6 / 7
+    assert digits_right("no digits here", "1234567") == 0.0
     cells = make_cells(_settings())
     assert len(cells) == 2 * 3 * 2
     assert all(len(cell.needles[0].number) == 7 for cell in cells)
@@ -94,6 +98,11 @@ def test_a_reader_scores_perfectly_and_a_blind_model_scores_zero(tokenizer, tmp_
     blind = run_needle_eval(lambda ids: "I do not know.", tokenizer, HAYSTACK, _settings(), tmp_path / "b",
                             progress=False)
     assert blind.accuracy == 0.0
+    assert report.digit_accuracy == 1.0 and blind.digit_accuracy == 0.0
+    rng = np.random.default_rng(0)
+    guesser = run_needle_eval(lambda ids: f"It is {rng.integers(1_000_000, 10_000_000)}.", tokenizer, HAYSTACK,
+                              _settings(rounds=8), tmp_path / "c", progress=False)
+    assert guesser.accuracy == 0.0 and 0.03 < guesser.digit_accuracy < 0.2  # one digit in ten
     png = report.heatmap_path.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
 
@@ -139,4 +148,5 @@ def test_small_model_runs_through_the_pipeline(sharded_engine, tokenizer, tmp_pa
     for result in report.results:
         assert isinstance(result["response"], str) and result["prompt_tokens"] == 240
         assert result["correct"] == [score_answer(result["response"], result["answers"][0])]
+        assert result["digits_right"] == [digits_right(result["response"], result["answers"][0])]
     assert np.isfinite(report.accuracy) and report.heatmap_path.is_file()
