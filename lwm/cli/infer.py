@@ -223,7 +223,8 @@ def _run_needle(args: argparse.Namespace, overrides: list[str]) -> int:
     lengths, depths, matrix = accuracy_grid(report.results)
     for column, length in enumerate(lengths):
         print(f"  {length:>9d} tokens: accuracy {float(np.nanmean(matrix[:, column])):.2f}")
-    print(f"needle: {report.new_cells} new cells, {report.resumed_cells} resumed; accuracy {report.accuracy:.3f}; "
+    print(f"needle: {report.new_cells} new cells, {report.resumed_cells} resumed; accuracy {report.accuracy:.3f} "
+          f"(digits in place {report.digit_accuracy:.3f}); "
           f"results {report.results_path}; heatmap {report.heatmap_path}")
     return 0
 

@@ -72,7 +72,8 @@ def test_needle_runs_and_resumes(run_cli, model_dir, tmp_path, capsys):
             "--needle.context_min", "240", "--needle.context_max", "240", "--needle.context_intervals", "1",
             "--needle.depth_intervals", "2", "--needle.rounds", "1", "--needle.max_new_tokens", "8", *SMALL_CACHE]
     assert run_cli(args) == 0
-    assert "2 new cells, 0 resumed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 new cells, 0 resumed" in out and "digits in place" in out
     results = json.loads((tmp_path / "needle" / "results.json").read_text())["results"]
     assert len(results) == 2 and (tmp_path / "needle" / "heatmap.png").is_file()
     assert run_cli(args) == 0

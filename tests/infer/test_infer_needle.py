@@ -11,11 +11,11 @@ from lwm.config.infer import NeedleConfig
 from lwm.eval.needle import (
     Haystack,
     build_prompt,
+    digits_right,
     encode_continuation,
     make_cells,
     needle_grid,
     run_needle_eval,
-    digits_right,
     score_answer,
 )
 
