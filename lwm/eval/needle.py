@@ -106,7 +106,7 @@ class NeedleReport:
     @property
     def digit_accuracy(self) -> float:
         """Mean share of digits in place (`digits_right`) over all asked needles; chance is ~0.1."""
-        scores = [score for result in self.results for score in result.get("digits_right", [])]
+        scores = [digits_right(result["response"], number) for result in self.results for number in result["answers"]]
         return float(np.mean(scores)) if scores else float("nan")
 
 

@@ -4,9 +4,9 @@ A checkpoint step directory holds three items: `state` (parameters, optimizer st
 written by every process collectively), `data` (every process's data iterator state, JSON, so
 a resumed run reads exactly the batches it would have read; each process reads its own share,
 so each has its own state, gathered to the primary host that writes the item) and `meta`
-(stage, config digest). Orbax
-writes into a temporary directory and renames it when complete, so an interrupted save never
-shadows the previous good checkpoint; `keep` bounds how many remain.
+(stage, config digest). Orbax writes into a temporary directory and renames it when complete,
+so an interrupted save never shadows the previous good checkpoint; `keep` bounds how many
+remain.
 """
 
 from __future__ import annotations
