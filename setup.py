@@ -24,6 +24,12 @@ CORE = [
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
     "tqdm>=4.66,<5",
+    # One filesystem layer for local paths and gs:// URLs alike.
+    "etils[epath]==1.15.0",
+    "fsspec==2026.9.0",
+    # `lwm serve`: the OpenAI-compatible HTTP server.
+    "fastapi==0.165.0",
+    "uvicorn==0.54.0",
 ]
 PARITY = [
     "torch==2.13.0",
@@ -42,6 +48,11 @@ DEV = PARITY + WORLDMODELS + [
     "pytest-xdist>=3.5,<4",
     "hypothesis>=6.100,<7",
     "scipy>=1.13,<2",
+    "ruff==0.17.6",
+    # Real clients of `lwm serve` in its tests.
+    "openai==3.57.0",
+    "httpx==0.28.1",
+    "lm-eval==0.4.13",
 ]
 
 setup(

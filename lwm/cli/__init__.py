@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "lwm.cli.tokenize",
     "lwm.cli.vq",
     "lwm.cli.infer",
+    "lwm.cli.serve",
+    "lwm.cli.eval",
     "lwm.cli.convert",
     "lwm.cli.worldmodels",
 )

@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 import draccus
 import yaml
 
+from lwm.errors import LwmError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(LwmError, ValueError):
     """A config file, override or value is wrong; the message says which and how to fix it."""
 
 

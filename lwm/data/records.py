@@ -26,6 +26,7 @@ import numpy as np
 from lwm.config.data import DataConfig, FieldSegment
 from lwm.config.loading import ConfigError
 from lwm.data.store import StoreError, TokenExample, TokenStoreWriter
+from lwm.errors import LwmError
 
 
 @runtime_checkable
@@ -56,7 +57,7 @@ class RecordProblem(ValueError):
         self.detail = detail
 
 
-class BadRecordError(ValueError):
+class BadRecordError(LwmError, ValueError):
     """A record that cannot become an example, with its file, line and reason."""
 
     def __init__(self, path: str | Path, line: int, reason: str, detail: str) -> None:

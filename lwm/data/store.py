@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from lwm.errors import LwmError
+
 FORMAT_VERSION = 1
 METADATA_FILE = "store.json"
 TOKEN_ARRAYS = {"tokens": "int32", "is_vision": "uint8", "loss_mask": "uint8"}
@@ -37,7 +39,7 @@ DEFAULT_FLUSH_TOKENS = 1 << 22
 _UNSET = object()
 
 
-class StoreError(RuntimeError):
+class StoreError(LwmError, RuntimeError):
     """A token store is missing, of another format version, or inconsistent on disk."""
 
 

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from lwm.errors import LwmError
+
 VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".gif", ".mkv", ".mov", ".avi", ".m4v", ".mpg",
                               ".mpeg", ".ogv"})
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(LwmError, RuntimeError):
     """A video (or image folder) could not be read; `path` and `reason` say which and why."""
 
     def __init__(self, path: str | Path, reason: str):

@@ -46,17 +46,18 @@ import numpy as np
 from flax import nnx
 
 from lwm.config.vq import VQModelConfig
+from lwm.errors import LwmError
 from lwm.model.vqgan import VQGAN, abstract_vqgan, frames_to_pixels, pixels_to_frames
 
 CHECKPOINT_CONFIG = "config.yaml"
 CHECKPOINT_MODEL = "model"
 
 
-class UnsafeFileError(pickle.UnpicklingError):
+class UnsafeFileError(LwmError, pickle.UnpicklingError):
     """A parameter file asked to load something other than plain arrays and dicts."""
 
 
-class WeightMappingError(ValueError):
+class WeightMappingError(LwmError, ValueError):
     """A weight file's names or shapes do not fit the model built from its config."""
 
 

@@ -23,6 +23,7 @@ from flax import nnx
 
 from lwm.config import StageConfig, TrainRunConfig, save_config, to_dict
 from lwm.data.loader import make_batch_iterator
+from lwm.errors import LwmError
 from lwm.model.params_io import load_params_tree, save_model
 from lwm.train import distributed
 from lwm.train.checkpoint import Checkpointer, abstract_like
@@ -31,7 +32,7 @@ from lwm.train.setup import train_setup
 from lwm.train.step import BATCH_KEYS
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(LwmError, RuntimeError):
     """The loss became NaN or Inf; the last good checkpoint is left as it was."""
 
 
