@@ -78,7 +78,8 @@ def test_dotted_overrides_are_typed(tmp_path):
     (["--model.attention", "ring", "--mesh.sp", "2", "--model.query_chunk_size", "96"],
      "model.query_chunk_size=96 does not divide the per-device length data.seq_len/mesh.sp=128"),
     (["--train.warmup_steps", "500"], "train.warmup_steps=500 must lie between 0 and train.steps=200"),
-    (["--data.text_loss_weight", "0", "--data.vision_loss_weight", "0"], "both 0"),
+    (["--train.text_loss_weight", "0", "--train.vision_loss_weight", "0"], "both 0"),
+    (["--train.vision_loss_weight", "-1"], "must not be negative"),
 ])
 def test_validation_names_the_wrong_value(overrides, message):
     with pytest.raises(ConfigError, match=None) as error:
@@ -106,3 +107,20 @@ def test_mesh_resolution_and_errors():
         resolve_axis_sizes(MeshConfig(dp=1, fsdp=2, tp=2, sp=1), 8)
     mesh = make_mesh(MeshConfig(dp=1, fsdp=2, tp=2, sp=2))
     assert dict(mesh.shape) == {"dp": 1, "fsdp": 2, "tp": 2, "sp": 2}
+
+
+def test_vision_vocabulary_is_stated_once_in_the_model(tmp_path):
+    config = load_config(TrainRunConfig, CONFIGS / "tiny.yaml",
+                         ["--model.vision_vocab_size", "514", "--model.vision.codebook_size", "512",
+                          "--model.vision.tokens_per_frame", "64"])
+    # The data section reads the model's vocabulary without being told.
+    assert (config.data.codebook_size, config.data.tokens_per_frame) == (512, 64)
+    assert config.data.vision_vocab_size == 514 and config.model.eov_token == 513
+    # A data section that names another VQ tokenizer's vocabulary is refused, naming both.
+    with pytest.raises(ConfigError, match="data.vision .*differs from model.vision"):
+        load_config(TrainRunConfig, CONFIGS / "tiny.yaml",
+                    ["--model.vision_vocab_size", "514", "--model.vision.codebook_size", "512",
+                     "--data.vision.codebook_size", "256"])
+    # The old per-section fields are gone, with a pointer to where the value lives now.
+    with pytest.raises(ConfigError, match="did you mean 'vision'|codebook_size"):
+        load_config(TrainRunConfig, CONFIGS / "tiny.yaml", ["--data.codebook_size", "512"])

@@ -1,4 +1,4 @@
-"""Data configuration: input formats, the token store, packing, batching and loss weights.
+"""Data configuration: input formats, the token store, packing and batching.
 
 Two ways to say which JSONL fields make an example, which are equivalent:
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from lwm.config.loading import ConfigError
+from lwm.config.errors import ConfigError
+from lwm.config.vision import VisionVocab
 
 DataFormat = Literal["text", "vision_text", "chat"]
 OverlongPolicy = Literal["split", "drop"]
@@ -138,8 +139,9 @@ class DataConfig:
     chat: ChatTemplateConfig = dataclasses.field(default_factory=ChatTemplateConfig)
     tokenizer: str = ""  # a SentencePiece .model file; empty: lwm/assets/tokenizer.model
     text_vocab_size: int = 0
-    codebook_size: int = 8192
-    tokens_per_frame: int = 256
+    # Which VQ tokenizer's codes the vision fields hold. In a training run it is the model's
+    # (`model.vision`), filled in by the root config: state it there, once.
+    vision: VisionVocab = dataclasses.field(default_factory=VisionVocab)
     on_bad_record: BadRecordPolicy = "error"
     bad_record_examples: int = 5
     # Packing and batching.
@@ -153,14 +155,10 @@ class DataConfig:
     read_chunk: int = 64
     read_threads: int = 4
     num_workers: int = 0
-    # Loss weights per target modality (see lwm/train/loss.py for the formula).
-    text_loss_weight: float = 1.0
-    vision_loss_weight: float = 1.0
 
     def validate(self) -> None:
         """Raises `ConfigError` naming the first wrong field and what would fix it."""
-        positive = ("seq_len", "batch_size", "packing_bins", "read_chunk", "read_threads",
-                    "tokens_per_frame", "codebook_size")
+        positive = ("seq_len", "batch_size", "packing_bins", "read_chunk", "read_threads")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"data.{name}={getattr(self, name)} must be positive")
@@ -172,14 +170,6 @@ class DataConfig:
         if self.num_epochs is not None and self.num_epochs <= 0:
             raise ConfigError(
                 f"data.num_epochs={self.num_epochs} must be positive, or null to repeat forever"
-            )
-        for name in ("text_loss_weight", "vision_loss_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"data.{name}={getattr(self, name)} must not be negative")
-        if self.text_loss_weight == 0 and self.vision_loss_weight == 0:
-            raise ConfigError(
-                "data.text_loss_weight and data.vision_loss_weight are both 0: nothing would be "
-                "trained; give at least one modality a positive weight"
             )
         if self.fields and self.segments:
             raise ConfigError(
@@ -209,14 +199,19 @@ class DataConfig:
         return (FieldSegment(field=self.text_field, loss=True, kind="text"),)
 
     @property
-    def vision_vocab_size(self) -> int:
-        """Smallest vision vocabulary holding the codes plus `<eof>` and `<eov>`."""
-        return self.codebook_size + 2
+    def codebook_size(self) -> int:
+        """VQ codes the vision fields may hold (`vision.codebook_size`)."""
+        return self.vision.codebook_size
 
     @property
-    def loss_weights(self) -> tuple[float, float]:
-        """`(text_loss_weight, vision_loss_weight)`."""
-        return (self.text_loss_weight, self.vision_loss_weight)
+    def tokens_per_frame(self) -> int:
+        """VQ codes per frame in the vision fields (`vision.tokens_per_frame`)."""
+        return self.vision.tokens_per_frame
+
+    @property
+    def vision_vocab_size(self) -> int:
+        """Smallest vision vocabulary holding the codes plus `<eof>` and `<eov>`."""
+        return self.vision.min_vocab_size
 
 
 @dataclasses.dataclass(frozen=True)

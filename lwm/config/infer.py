@@ -11,7 +11,7 @@ import dataclasses
 from typing import Literal
 
 from lwm.config.data import ChatTemplateConfig
-from lwm.config.loading import ConfigError
+from lwm.config.errors import ConfigError
 from lwm.config.model import MeshConfig
 
 OptionalDType = Literal["", "float32", "bfloat16", "float16"]

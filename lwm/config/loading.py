@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,13 +17,9 @@ from typing import Any, TypeVar
 import draccus
 import yaml
 
-from lwm.errors import LwmError
+from lwm.config.errors import ConfigError
 
 T = TypeVar("T")
-
-
-class ConfigError(LwmError, ValueError):
-    """A config file, override or value is wrong; the message says which and how to fix it."""
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -76,8 +73,6 @@ def _field_names(cls: Any) -> list[str]:
 
 
 def _resolve_field_type(cls: Any, name: str) -> Any:
-    import typing
-
     hints = typing.get_type_hints(cls)
     return hints.get(name)
 
@@ -123,11 +118,14 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
     try:
         config = draccus.decode(cls, data)
     except Exception as error:  # draccus raises several error types; all mean a bad value
-        raise ConfigError(f"{source}: {error}") from error
+        # A root config's own check (`__post_init__`) may be what failed: say its words.
+        cause = error
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        raise ConfigError(f"{source}: {cause or error}") from error
+    # Each section checks its own fields; a root config's own `validate` (called last, after
+    # its sections) checks that its sections agree with each other.
     validate_tree(config)
-    from lwm.config.validate import validate_cross_section
-
-    validate_cross_section(config)
     return config
 
 

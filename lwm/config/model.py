@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from lwm.config.loading import ConfigError
+from lwm.config.errors import ConfigError
+from lwm.config.vision import VisionVocab
 
 DType = Literal["float32", "bfloat16", "float16"]
 RematPolicy = Literal["none", "full", "save_dots"]
@@ -41,10 +42,10 @@ class ModelConfig:
     query_chunk_size: int = 512
     key_chunk_size: int = 512
     ring_layout: RingLayout = "contiguous"
-    # Vision vocabulary (LWM): codebook codes, then <eof> = codebook_size, <eov> = codebook_size+1.
+    # Vision vocabulary (LWM): `vision_vocab_size` rows (0: a text-only model) holding the
+    # codebook's codes, then <eof> and <eov>; `vision` says which VQ tokenizer's codes they are.
     vision_vocab_size: int = 0
-    codebook_size: int = 8192
-    tokens_per_frame: int = 256
+    vision: VisionVocab = dataclasses.field(default_factory=VisionVocab)
 
     def validate(self) -> None:
         """Raises `ConfigError` naming the first inconsistent field."""
@@ -73,11 +74,11 @@ class ModelConfig:
             )
         if self.rope_theta <= 0:
             raise ConfigError(f"model.rope_theta={self.rope_theta} must be positive")
-        if self.has_vision and self.vision_vocab_size < self.codebook_size + 2:
+        if self.has_vision and self.vision_vocab_size < self.vision.min_vocab_size:
             raise ConfigError(
-                f"model.vision_vocab_size={self.vision_vocab_size} cannot hold codebook_size="
+                f"model.vision_vocab_size={self.vision_vocab_size} cannot hold model.vision.codebook_size="
                 f"{self.codebook_size} codes plus <eof> and <eov>; use at least "
-                f"{self.codebook_size + 2}"
+                f"{self.vision.min_vocab_size}"
             )
 
     @property
@@ -96,14 +97,24 @@ class ModelConfig:
         return self.vision_vocab_size > 0
 
     @property
+    def codebook_size(self) -> int:
+        """VQ codes in the vision vocabulary (`vision.codebook_size`)."""
+        return self.vision.codebook_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """VQ codes per frame (`vision.tokens_per_frame`)."""
+        return self.vision.tokens_per_frame
+
+    @property
     def eof_token(self) -> int:
         """Vision-vocabulary id that ends a frame."""
-        return self.codebook_size
+        return self.vision.eof_token
 
     @property
     def eov_token(self) -> int:
         """Vision-vocabulary id that ends a vision span."""
-        return self.codebook_size + 1
+        return self.vision.eov_token
 
 
 @dataclasses.dataclass(frozen=True)

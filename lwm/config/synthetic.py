@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from lwm.config.loading import ConfigError
+from lwm.config.errors import ConfigError
 
 # Names and RGB values of the colours a shape may have; `SyntheticWorldConfig.colours` picks
 # from these. Far apart in RGB so that a tiny VQ tokenizer keeps them apart.

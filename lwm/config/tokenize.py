@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from lwm.config.data import DataConfig
-from lwm.config.loading import ConfigError
+from lwm.config.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from lwm.config.checks import check_sequence, check_stage_lengths, check_tensor_parallel, data_with_model_vision
 from lwm.config.data import DataConfig
-from lwm.config.loading import ConfigError
+from lwm.config.errors import ConfigError
 from lwm.config.model import MeshConfig, ModelConfig
 
 Schedule = Literal["cosine", "linear", "constant"]
@@ -34,12 +35,23 @@ class TrainConfig:
     grad_clip_norm: float = 1.0
     grad_accum_steps: int = 1
     seed: int = 0
+    # Loss weights per target modality (see lwm/train/loss.py for the formula).
+    text_loss_weight: float = 1.0
+    vision_loss_weight: float = 1.0
 
     def validate(self) -> None:
         """Raises `ConfigError` naming the first wrong field."""
         for name in ("steps", "lr", "grad_accum_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be positive")
+        for name in ("text_loss_weight", "vision_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must not be negative")
+        if self.text_loss_weight == 0 and self.vision_loss_weight == 0:
+            raise ConfigError(
+                "train.text_loss_weight and train.vision_loss_weight are both 0: nothing would be "
+                "trained; give at least one modality a positive weight"
+            )
         if not 0 <= self.warmup_steps <= self.steps:
             raise ConfigError(
                 f"train.warmup_steps={self.warmup_steps} must lie between 0 and train.steps={self.steps}"
@@ -160,3 +172,13 @@ class TrainRunConfig:
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
     stages: tuple[StageConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        # The model states the vision vocabulary; the data section reads the same one.
+        object.__setattr__(self, "data", data_with_model_vision(self.model, self.data))
+
+    def validate(self) -> None:
+        """Raises `ConfigError` when the sections disagree (each has checked its own fields)."""
+        check_sequence(self.model, self.mesh, self.data.seq_len)
+        check_stage_lengths([(stage.name, stage.seq_len) for stage in self.stages], self.mesh)
+        check_tensor_parallel(self.model, self.mesh)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from lwm.config.loading import ConfigError
+from lwm.config.errors import ConfigError
 
 NormType = Literal["group", "spatial"]
 ComputeDType = Literal["float32", "bfloat16"]

@@ -23,8 +23,9 @@ import grain
 import numpy as np
 
 from lwm.config.data import DataConfig
-from lwm.config.loading import ConfigError
-from lwm.data.packing import ROW_FEATURES, PackingStats, PackIterator, PackIterDataset, empty_row
+from lwm.config.errors import ConfigError
+from lwm.data.batch import empty_row, stack_rows
+from lwm.data.packing import PackingStats, PackIterator, PackIterDataset
 from lwm.data.store import TokenExample, TokenStore
 
 STATE_VERSION = 1
@@ -120,7 +121,7 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
             self._packer.stats.padding_rows += 1
             self._packer.stats.padding_tokens += self.seq_len
         self.batches += 1
-        return {name: np.stack([row[name] for row in rows]) for name in ROW_FEATURES}
+        return stack_rows(rows)
 
     def get_state(self) -> dict[str, Any]:
         """JSON-able: the packer's state, the batch count and the pipeline's fingerprint."""

@@ -4,11 +4,7 @@ Examples of any length are packed into rows of exactly `seq_len` tokens. Within 
 example is a segment: `segment_ids` 1, 2, … (0 = padding), `positions` restart at 0, and the
 attention honours segment ids, so no example sees another. A row is the batch contract:
 
-- `input_ids` int32, `input_is_vision` bool: the tokens as given.
-- `target_ids` int32, `target_is_vision` bool: the next token of the same example; the last
-  token of each example has no target (target 0, text, weight 0).
-- `loss_weight` float32: 1 where the target carries loss (the store's `loss_mask` of the
-  target token), else 0.
+the arrays of `lwm/data/batch.py`; `loss_weight` is the store's `loss_mask` of the target token.
 
 Packing is first-fit within a window of at most `num_bins` open rows: each example goes into the
 first row with room; the window is emitted (rows in order) when an example fits in none of them,
@@ -32,18 +28,8 @@ from typing import Any
 import grain
 import numpy as np
 
+from lwm.data.batch import empty_row
 from lwm.data.store import TokenExample
-
-ROW_FEATURES = {
-    "input_ids": np.int32,
-    "target_ids": np.int32,
-    "segment_ids": np.int32,
-    "positions": np.int32,
-    "input_is_vision": np.bool_,
-    "target_is_vision": np.bool_,
-    "loss_weight": np.float32,
-}
-
 
 @dataclasses.dataclass
 class PackingStats:
@@ -78,11 +64,6 @@ class PackingStats:
         """Inverse of `to_dict` (ignores the derived padding fraction)."""
         names = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: int(value) for key, value in data.items() if key in names})
-
-
-def empty_row(seq_len: int) -> dict[str, np.ndarray]:
-    """An all-padding row (segment 0, no loss)."""
-    return {name: np.zeros(seq_len, dtype) for name, dtype in ROW_FEATURES.items()}
 
 
 def build_row(pieces: Sequence[TokenExample], seq_len: int) -> dict[str, np.ndarray]:

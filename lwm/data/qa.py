@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lwm.config.data import DataConfig, QAConfig
-from lwm.config.loading import ConfigError
+from lwm.config.errors import ConfigError
 from lwm.data.chat import encode_conversation
 from lwm.data.records import BadRecordError, BadRecordReport, TextTokenizer, read_jsonl_lines
 

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from lwm.config import TrainRunConfig
+from lwm.data.batch import synthetic_batch
 from lwm.train.metrics import measure_matmul_flops, train_flops_per_token
 
 
@@ -39,26 +40,13 @@ class ThroughputResult:
         return self.achieved_flops / self.matmul_flops
 
 
-def _synthetic_batch(config: TrainRunConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    shape = (config.data.batch_size, config.data.seq_len)
-    tokens = rng.integers(0, config.model.vocab_size, size=shape).astype(np.int32)
-    return {
-        "input_ids": tokens, "target_ids": np.roll(tokens, -1, axis=1),
-        "segment_ids": np.ones(shape, np.int32),
-        "positions": np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape).copy(),
-        "input_is_vision": np.zeros(shape, bool), "target_is_vision": np.zeros(shape, bool),
-        "loss_weight": np.ones(shape, np.float32),
-    }
-
-
 def compile_train_step(config: TrainRunConfig) -> tuple[Any, Any, Any, Any]:
     """The compiled sharded train step, its initial state and a global synthetic batch."""
     from lwm.train.setup import train_setup
 
     setup = train_setup(config)
     state = setup.init_state(setup.create_params())
-    batch = {key: jax.device_put(value, setup.batch_sharding) for key, value in _synthetic_batch(config).items()}
+    batch = {key: jax.device_put(value, setup.batch_sharding) for key, value in synthetic_batch(config.data.batch_size, config.data.seq_len, config.model.vocab_size).items()}
     return setup.compile(), state, batch, setup.mesh
 
 

@@ -27,6 +27,30 @@ import jax
 import jax.numpy as jnp
 
 MODALITIES = ("text", "vision")
+SUM_NAMES = ("loss_sum", "correct", "count", "out_of_range", "no_head")
+
+
+def zero_sums() -> dict[str, jax.Array]:
+    """The `cross_entropy_sums` of an empty batch (the start of an accumulation)."""
+    return {f"{modality}_{name}": jnp.zeros((), jnp.float32) for modality in MODALITIES for name in SUM_NAMES}
+
+
+def modality_scales(
+    batch: Mapping[str, jax.Array], text_weight: float, vision_weight: float
+) -> tuple[jax.Array, jax.Array]:
+    """`w_m / (N_m · Σ_{m∈M} w_m)` for text and vision: the factor by which `L` weighs each S_m.
+
+    Computed once from the whole batch, these let micro-batches of an accumulated step scale
+    their own sums so that the accumulated gradient is exactly that of `L` over the batch.
+    """
+    weights = jnp.asarray(batch["loss_weight"]).astype(jnp.float32)
+    is_vision = jnp.asarray(batch["target_is_vision"]).astype(bool)
+    counts = {"text": jnp.sum(jnp.where(is_vision, 0.0, weights)), "vision": jnp.sum(jnp.where(is_vision, weights, 0.0))}
+    effective = {name: jnp.where(counts[name] > 0, weight, 0.0)
+                 for name, weight in (("text", text_weight), ("vision", vision_weight))}
+    total = jnp.maximum(effective["text"] + effective["vision"], 1e-30)
+    text_scale, vision_scale = (effective[name] / jnp.maximum(counts[name], 1.0) / total for name in MODALITIES)
+    return text_scale, vision_scale
 
 
 def _modality_sums(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> dict[str, jax.Array]:

@@ -17,12 +17,12 @@ import optax
 from flax import nnx
 
 from lwm.config import TrainRunConfig
-from lwm.data.packing import ROW_FEATURES
+from lwm.data.batch import abstract_batch
 from lwm.mesh import data_sharding, make_mesh, replicated, state_shardings
 from lwm.model.attention import sequence_permutation
 from lwm.model.llama import LlamaModel
 from lwm.train.optimizer import make_optimizer
-from lwm.train.step import BATCH_KEYS, init_train_state, make_train_step, train_state_shardings
+from lwm.train.step import init_train_state, make_train_step, train_state_shardings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +63,7 @@ class TrainSetup:
 
     def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
         """`ShapeDtypeStruct`s of one global batch (`data.batch_size` x `data.seq_len`)."""
-        shape = (self.config.data.batch_size, self.config.data.seq_len)
-        return {key: jax.ShapeDtypeStruct(shape, ROW_FEATURES[key], sharding=self.batch_sharding)
-                for key in BATCH_KEYS}
+        return abstract_batch(self.config.data.batch_size, self.config.data.seq_len, self.batch_sharding)
 
     def compile(self, state: Any = None) -> Any:
         """The jitted step, compiled for `state` (default: the abstract state), with donation."""
@@ -83,7 +81,7 @@ def train_setup(config: TrainRunConfig) -> TrainSetup:
         graphdef, abstract_params = nnx.split(abstract_model)
         param_shardings = state_shardings(abstract_params, mesh)
         full_shardings = train_state_shardings(optimizer, abstract_params, param_shardings, replicated(mesh))
-    step_fn = make_train_step(graphdef, optimizer, config.train, config.data,
-                              sequence_permutation(config.model, mesh.shape["sp"]))
+    step_fn = make_train_step(graphdef, optimizer, config.train,
+                              prepare_batch=sequence_permutation(config.model, mesh.shape["sp"]))
     return TrainSetup(config, mesh, graphdef, optimizer, abstract_params, param_shardings, full_shardings,
                       data_sharding(mesh), step_fn)

@@ -16,26 +16,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from lwm.config import DataConfig, TrainConfig
-from lwm.train.loss import add_sums, cross_entropy_sums, weighted_loss
+from lwm.config import TrainConfig
+from lwm.data.batch import BATCH_KEYS
+from lwm.train.loss import add_sums, cross_entropy_sums, modality_scales, weighted_loss, zero_sums
 
-BATCH_KEYS = (
-    "input_ids", "target_ids", "segment_ids", "positions", "input_is_vision", "target_is_vision",
-    "loss_weight",
-)
 Batch = Mapping[str, jax.Array]
-
-
-def modality_normalisers(batch: Batch, text_weight: float, vision_weight: float) -> tuple[jax.Array, jax.Array]:
-    """Per-target scale `w_m / (N_m · Σ_present w)` for the text and vision targets of `batch`."""
-    weights = batch["loss_weight"].astype(jnp.float32)
-    is_vision = batch["target_is_vision"].astype(bool)
-    text_count = jnp.sum(jnp.where(is_vision, 0.0, weights))
-    vision_count = jnp.sum(jnp.where(is_vision, weights, 0.0))
-    text_w = jnp.where(text_count > 0, text_weight, 0.0)
-    vision_w = jnp.where(vision_count > 0, vision_weight, 0.0)
-    total = jnp.maximum(text_w + vision_w, 1e-30)
-    return (text_w / jnp.maximum(text_count, 1.0) / total, vision_w / jnp.maximum(vision_count, 1.0) / total)
 
 
 def forward_sums(model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
@@ -53,7 +38,7 @@ def make_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     train_config: TrainConfig,
-    data_config: DataConfig,
+    *,
     prepare_batch: Callable[[Batch], Batch] | None = None,
 ) -> Callable[[dict[str, Any], Batch], tuple[dict[str, Any], dict[str, jax.Array]]]:
     """A pure `(state, batch) -> (state, metrics)` function to jit.
@@ -62,7 +47,7 @@ def make_train_step(
     rearrange the global batch first (the load-balanced ring layout permutes the sequence).
     """
     accum = train_config.grad_accum_steps
-    text_weight, vision_weight = data_config.text_loss_weight, data_config.vision_loss_weight
+    text_weight, vision_weight = train_config.text_loss_weight, train_config.vision_loss_weight
 
     def micro_loss(params: nnx.State, micro: Batch, text_scale: jax.Array, vision_scale: jax.Array):
         sums = forward_sums(nnx.merge(graphdef, params), micro)
@@ -74,7 +59,7 @@ def make_train_step(
     def train_step(state: dict[str, Any], batch: Batch) -> tuple[dict[str, Any], dict[str, jax.Array]]:
         if prepare_batch is not None:
             batch = prepare_batch(batch)
-        text_scale, vision_scale = modality_normalisers(batch, text_weight, vision_weight)
+        text_scale, vision_scale = modality_scales(batch, text_weight, vision_weight)
         params = state["params"]
         if accum == 1:
             (_, sums), grads = grad_fn(params, batch, text_scale, vision_scale)
@@ -83,11 +68,6 @@ def make_train_step(
                 lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), dict(batch)
             )
             zero_grads = jax.tree.map(jnp.zeros_like, params)
-            zero_sums = {
-                f"{modality}_{name}": jnp.zeros((), jnp.float32)
-                for modality in ("text", "vision")
-                for name in ("loss_sum", "correct", "count", "out_of_range", "no_head")
-            }
 
             def accumulate(carry, micro):
                 # The parameters ride in the carry so that NNX sees them at the scan's trace level.
@@ -95,7 +75,7 @@ def make_train_step(
                 (_, sums), grads = grad_fn(params_in, micro, text_scale, vision_scale)
                 return (params_in, jax.tree.map(jnp.add, grads_sum, grads), add_sums(sums_sum, sums)), None
 
-            (_, grads, sums), _ = jax.lax.scan(accumulate, (params, zero_grads, zero_sums), micro_batches)
+            (_, grads, sums), _ = jax.lax.scan(accumulate, (params, zero_grads, zero_sums()), micro_batches)
         _, metrics = weighted_loss(sums, text_weight, vision_weight)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lwm.config.data import DataConfig
+from lwm.config.vision import VisionVocab
 
 
 class ByteTokenizer:
@@ -40,5 +41,5 @@ def tokenizer() -> ByteTokenizer:
 @pytest.fixture
 def small_vision_config() -> DataConfig:
     """Vision+text config with 4 codes per frame and a 16-code codebook (eof 16, eov 17)."""
-    return DataConfig(format="vision_text", fields="[vision],caption", tokens_per_frame=4,
-                      codebook_size=16, seq_len=32)
+    return DataConfig(format="vision_text", fields="[vision],caption",
+                      vision=VisionVocab(codebook_size=16, tokens_per_frame=4), seq_len=32)

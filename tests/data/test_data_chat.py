@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from lwm.config.data import ChatTemplateConfig, DataConfig
+from lwm.config.vision import VisionVocab
 from lwm.data.chat import _encode_run, chat_prompt, encode_conversation
 from lwm.data.records import ExampleEncoder, RecordProblem
 
-CHAT = DataConfig(format="chat", tokens_per_frame=2, codebook_size=16)
+CHAT = DataConfig(format="chat", vision=VisionVocab(codebook_size=16, tokens_per_frame=2))
 
 
 def loss_text(tokenizer, example) -> str:

@@ -38,8 +38,6 @@ def test_field_template_parsing():
 @pytest.mark.parametrize("overrides,message", [
     (["--data.seq_len", "1"], "seq_len=1"),
     (["--data.batch_size", "0"], "batch_size=0 must be positive"),
-    (["--data.text_loss_weight", "0", "--data.vision_loss_weight", "0"], "both 0"),
-    (["--data.vision_loss_weight", "-1"], "must not be negative"),
     (["--data.fields", "[vision],caption"], "use data.format=vision_text"),
     (["--data.format", "vision_text"], "needs data.fields"),
     (["--data.num_epochs", "0"], "num_epochs=0"),

@@ -6,12 +6,13 @@ import dataclasses
 import jax
 
 from lwm.config import ModelConfig
+from lwm.config.vision import VisionVocab
 
 # Text vocabulary large enough for the project's tokenizer (2048 ids); grouped-query attention;
 # a vision vocabulary of 16 codes + <eof>/<eov> + 2 spare ids, 4 codes (2x2) per frame.
 SMALL = ModelConfig(
     vocab_size=2048, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
-    max_seq_len=1024, rms_norm_eps=1e-6, vision_vocab_size=20, codebook_size=16, tokens_per_frame=4,
+    max_seq_len=1024, rms_norm_eps=1e-6, vision_vocab_size=20, vision=VisionVocab(codebook_size=16, tokens_per_frame=4),
 )
 CHUNK = 16  # prefill and key chunk of every engine in these tests
 

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from lwm.config import MeshConfig, ModelConfig, TrainRunConfig, load_config
+from lwm.config.vision import VisionVocab
 from lwm.mesh import make_mesh, state_shardings
 from lwm.model.llama import LlamaModel
 from lwm.model.params_io import abstract_model, count_parameters, create_model
@@ -92,7 +93,7 @@ def test_sharded_forward_equals_unsharded(mesh_config):
 
 
 def test_vision_model_routes_tables_and_heads():
-    config = ModelConfig(**{**SMALL.__dict__, "vision_vocab_size": 20, "codebook_size": 16})
+    config = ModelConfig(**{**SMALL.__dict__, "vision_vocab_size": 20, "vision": VisionVocab(16, SMALL.tokens_per_frame)})
     model = LlamaModel(config, rngs=nnx.Rngs(0))
     ids = jnp.asarray([[3, 5, 7, 9]], jnp.int32)
     is_vision = jnp.asarray([[False, True, True, False]])

@@ -100,7 +100,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     for accum in (1, 4):
         train_config = dataclasses.replace(config.train, grad_accum_steps=accum)
         optimizer = make_optimizer(train_config)
-        step = jax.jit(make_train_step(graphdef, optimizer, train_config, config.data))
+        step = jax.jit(make_train_step(graphdef, optimizer, train_config))
         state, metrics = step(init_train_state(params, optimizer), {k: jnp.asarray(v) for k, v in batch.items()})
         results.append((state, metrics))
     (state1, metrics1), (state4, metrics4) = results

@@ -8,7 +8,7 @@
 3. Trains the tiny vision-language model with ring attention over fake CPU devices through
    `lwm.train.loop.train`: a `pretrain` stage on everything, then a `chat` stage (from the
    pretrained weights) on QA and passkey chats plus captioning.
-4. Evaluates and reports in `logging.output_dir` (`lwm.eval.world`): loss curves, the needle
+4. Evaluates and reports in `logging.output_dir` (`lwm.demo.evaluate`, `lwm.demo.report`): loss curves, the needle
    heatmap, video-QA accuracy against chance and a text-only baseline, next-frame accuracy
    against copying the last frame, and a generated continuation of a held-out video.
 """
@@ -25,123 +25,18 @@ from typing import Any
 import numpy as np
 
 from lwm.config import ConfigError, TrainRunConfig
-from lwm.config.synthetic import SyntheticWorldConfig
 from lwm.config.train import StageConfig
-from lwm.config.vq import (
-    VQCheckpointConfig,
-    VQModelConfig,
-    VQTrainConfig,
-    VQTrainRunConfig,
-)
-
-# The kinds of training examples the world is encoded into (`encode_world`).
-EXAMPLE_KINDS = ("text_to_video", "video_to_text", "video_qa", "passkey")
-
-# Written into the output folder so that a rerun may clear it (and never clears anything else).
-MARKER_FILE = "demo.json"
-
-
-def _tiny_vq() -> VQTrainRunConfig:
-    """`configs/vq/tiny.yaml` (32x32 frames -> 8x8 codes, codebook 512) with demo-sized training."""
-    return VQTrainRunConfig(
-        model=VQModelConfig(resolution=32, hidden_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1,
-                            z_channels=32, codebook_size=512, codebook_dim=32, norm_num_groups=8),
-        train=VQTrainConfig(steps=300, batch_size=16, lr=2e-3, warmup_steps=30, log_every=10),
-        checkpoint=VQCheckpointConfig(dir="runs/demo/vq", every=100000, keep=1, resume=False),
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoDataConfig:
-    """How the world becomes training examples."""
-
-    # Steps and learning rate of the chat stage that follows `train.steps` of pretraining.
-    chat_steps: int = 100
-    chat_lr: float = 1e-3
-    # Passkey documents are about this many characters (fits data.seq_len with the template).
-    document_chars: int = 900
-    # Example kinds of each stage (text_to_video, video_to_text, video_qa, passkey). Chat
-    # examples carry loss only on the answers, so pretraining on them would spend most of its
-    # compute on tokens that teach nothing; pretraining is on the captioned videos, whose
-    # every vision token is a target, and the chat stage adds the questions.
-    pretrain_kinds: tuple[str, ...] = ("text_to_video", "video_to_text")
-    chat_kinds: tuple[str, ...] = ("video_qa", "passkey", "video_to_text")
-    # Ask passkey questions as the needle evaluation does: on the document's line, followed by
-    # its instruction (`lwm.eval.needle.INSTRUCTION`).
-    passkey_instruction: bool = True
-
-    def validate(self) -> None:
-        """Raises `ConfigError` for non-positive sizes."""
-        if self.chat_steps < 0 or self.chat_lr <= 0 or self.document_chars <= 0:
-            raise ConfigError(f"demo_data: chat_steps={self.chat_steps} must be >= 0, chat_lr={self.chat_lr} "
-                              f"and document_chars={self.document_chars} positive")
-        for name in ("pretrain_kinds", "chat_kinds"):
-            unknown = sorted(set(getattr(self, name)) - set(EXAMPLE_KINDS))
-            if unknown or not getattr(self, name):
-                raise ConfigError(f"demo_data.{name}={list(getattr(self, name))}: expected a non-empty "
-                                  f"list of {list(EXAMPLE_KINDS)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoEvalConfig:
-    """Sizes of the evaluation and the learning bars the report checks."""
-
-    # Held-out questions scored (0: all of them).
-    max_questions: int = 80
-    # Frames of a held-out video given before the model continues it.
-    context_frames: int = 3
-    # Needle grid: context lengths linspace(min, max, intervals) tokens, depths, rounds.
-    needle_context_min: int = 256
-    needle_context_max: int = 480
-    needle_intervals: int = 2
-    needle_depths: int = 5
-    needle_rounds: int = 2
-    max_new_tokens: int = 20
-    # Learning bars.
-    min_needle_accuracy: float = 0.9
-    # QA accuracy must exceed chance by this margin (absolute).
-    qa_margin: float = 0.1
-
-    def validate(self) -> None:
-        """Raises `ConfigError` for an impossible grid."""
-        if self.context_frames < 1 or self.needle_context_min < 64 or \
-                self.needle_context_max < self.needle_context_min:
-            raise ConfigError(
-                f"evaluation: context_frames={self.context_frames} must be >= 1 and "
-                f"64 <= needle_context_min={self.needle_context_min} <= needle_context_max="
-                f"{self.needle_context_max}")
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoConfig(TrainRunConfig):
-    """A training run plus the world it trains on, its tokenizer and its evaluation."""
-
-    synthetic: SyntheticWorldConfig = dataclasses.field(default_factory=SyntheticWorldConfig)
-    vq: VQTrainRunConfig = dataclasses.field(default_factory=_tiny_vq)
-    demo_data: DemoDataConfig = dataclasses.field(default_factory=DemoDataConfig)
-    evaluation: DemoEvalConfig = dataclasses.field(default_factory=DemoEvalConfig)
-    # Fake CPU devices to shard over when running on a CPU-only machine.
-    cpu_devices: int = 4
-
-    def validate(self) -> None:
-        """Raises `ConfigError` when the model, data and tokenizer disagree."""
-        if not self.model.has_vision:
-            raise ConfigError("model.vision_vocab_size is 0: the demo trains a vision-language model")
-        if self.model.codebook_size != self.vq.model.codebook_size or \
-                self.model.tokens_per_frame != self.vq.model.tokens_per_frame:
-            raise ConfigError(
-                f"model.codebook_size={self.model.codebook_size} / tokens_per_frame="
-                f"{self.model.tokens_per_frame} must match the VQ tokenizer's "
-                f"{self.vq.model.codebook_size} / {self.vq.model.tokens_per_frame}")
-        if self.synthetic.frame_size != self.vq.model.resolution:
-            raise ConfigError(f"synthetic.frame_size={self.synthetic.frame_size} must equal "
-                              f"vq.model.resolution={self.vq.model.resolution}")
-        if self.evaluation.context_frames >= self.synthetic.num_frames:
-            raise ConfigError(f"evaluation.context_frames={self.evaluation.context_frames} must be below "
-                              f"synthetic.num_frames={self.synthetic.num_frames}")
-        if self.evaluation.needle_context_max + self.evaluation.max_new_tokens > self.model.max_seq_len:
-            raise ConfigError("evaluation.needle_context_max + max_new_tokens exceeds model.max_seq_len")
-
+from lwm.eval.needle import INSTRUCTION
+from lwm.data.records import ExampleEncoder
+from lwm.data.store import TokenStoreWriter
+from lwm.data.synthetic import generate_world, passkey_chat_records
+from lwm.data.text_tokenizer import load_text_tokenizer
+from lwm.demo.config import EXAMPLE_KINDS, MARKER_FILE, DemoConfig
+from lwm.demo.evaluate import evaluate
+from lwm.demo.report import write_report
+from lwm.model.vqgan_convert import load_vq_tokenizer
+from lwm.train.loop import train
+from lwm.train.vq import reconstruction_error, train_vq
 
 def _say(message: str, start: float) -> None:
     print(f"[demo {time.perf_counter() - start:6.1f}s] {message}", flush=True)
@@ -160,8 +55,6 @@ def _prepare_output(output_dir: Path) -> None:
 
 def train_tokenizer(config: DemoConfig, world: Any, output_dir: Path) -> Any:
     """Trains the VQ tokenizer on the training videos' frames; returns the loaded tokenizer."""
-    from lwm.model.vqgan_convert import load_vq_tokenizer
-    from lwm.train.vq import reconstruction_error, train_vq
 
     frames = np.concatenate([video.frames for video in world.videos_in("train")])
     vq_config = dataclasses.replace(
@@ -178,8 +71,7 @@ def train_tokenizer(config: DemoConfig, world: Any, output_dir: Path) -> Any:
 
 def data_configs(config: DemoConfig) -> dict[str, Any]:
     """The data sections the examples are encoded with (vision+text both ways, and chat)."""
-    base = dataclasses.replace(config.data, codebook_size=config.model.codebook_size,
-                               tokens_per_frame=config.model.tokens_per_frame, segments=())
+    base = dataclasses.replace(config.data, segments=())
     return {
         "text_to_video": dataclasses.replace(base, format="vision_text", fields="caption,vision"),
         "video_to_text": dataclasses.replace(base, format="vision_text", fields="vision,caption"),
@@ -190,8 +82,6 @@ def data_configs(config: DemoConfig) -> dict[str, Any]:
 def encode_world(config: DemoConfig, world: Any, codes: dict[int, np.ndarray], text_tokenizer: Any,
                  split: str = "train") -> dict[str, list[Any]]:
     """TokenExamples of one split, by kind, made by the data layer's `ExampleEncoder`."""
-    from lwm.data.records import ExampleEncoder
-    from lwm.data.synthetic import passkey_chat_records
 
     encoders = {name: ExampleEncoder(data, text_tokenizer) for name, data in data_configs(config).items()}
     examples: dict[str, list[Any]] = {kind: [] for kind in EXAMPLE_KINDS}
@@ -204,8 +94,6 @@ def encode_world(config: DemoConfig, world: Any, codes: dict[int, np.ndarray], t
                 "messages": [{"role": "user", "content": qa.question},
                              {"role": "assistant", "content": qa.answer}],
                 "vision": record["vision"]}))
-    from lwm.eval.needle import INSTRUCTION
-
     for record in passkey_chat_records(world, split):
         if config.demo_data.passkey_instruction:
             record = {"messages": [
@@ -217,8 +105,6 @@ def encode_world(config: DemoConfig, world: Any, codes: dict[int, np.ndarray], t
 
 def write_store(path: Path, examples: list[Any], config: DemoConfig, text_tokenizer: Any) -> dict[str, int]:
     """Writes examples into a token store; returns its counts."""
-    from lwm.data.store import TokenStoreWriter
-
     with TokenStoreWriter.create(path, tokenizer_name="lwm/assets/tokenizer.model",
                                  text_vocab_size=text_tokenizer.vocab_size,
                                  vision_vocab_size=config.model.vision_vocab_size,
@@ -256,18 +142,11 @@ def training_config(config: DemoConfig, output_dir: Path) -> TrainRunConfig:
     fields["stages"] = tuple(stages)
     fields["logging"] = dataclasses.replace(config.logging, output_dir=str(output_dir))
     fields["checkpoint"] = dataclasses.replace(config.checkpoint, directory="", init_from="")
-    fields["data"] = dataclasses.replace(config.data, codebook_size=config.model.codebook_size,
-                                         tokens_per_frame=config.model.tokens_per_frame)
     return TrainRunConfig(**fields)
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Runs the whole pipeline and returns the report's numbers (also in `results.json`)."""
-    from lwm.data.synthetic import generate_world
-    from lwm.data.text_tokenizer import load_text_tokenizer
-    from lwm.eval import world as world_eval
-    from lwm.train.loop import train
-
     start = time.perf_counter()
     output_dir = Path(config.logging.output_dir)
     _prepare_output(output_dir)
@@ -307,7 +186,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     now = lap("train", now)
 
     _say("4/5 evaluating", start)
-    numbers = world_eval.evaluate(config, world, codes, vq_tokenizer, text_tokenizer, model_dir, output_dir,
+    numbers = evaluate(config, world, codes, vq_tokenizer, text_tokenizer, model_dir, output_dir,
                                   data_configs(config)["chat"], progress=lambda message: _say(f"  {message}", start))
     now = lap("evaluate", now)
 
@@ -316,7 +195,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                        "stores": stores, "world_stats": world.stats}
     numbers["vq"] = {k: float(v) for k, v in getattr(vq_tokenizer, "metrics", {}).items()}
     numbers["timings_s"] = {**timings, "total": round(time.perf_counter() - start, 1)}
-    report = world_eval.write_report(numbers, output_dir)
+    report = write_report(numbers, output_dir)
     (output_dir / MARKER_FILE).write_text(json.dumps({"status": "done"}))
     for name, bar in numbers["bars"].items():
         print(f"  bar {name}: {bar['value']:.3f} vs {bar['threshold']:.3f} -> {'MET' if bar['met'] else 'not met'}")

@@ -1,4 +1,4 @@
-"""Evaluation and report of a model trained on the synthetic world (`lwm.data.synthetic`).
+"""Evaluation of the demo model trained on the synthetic world (`lwm.data.synthetic`).
 
 - Video QA: every candidate answer is scored by the model's log-likelihood after the chat
   prompt (forced choice); accuracy is compared with chance (`1 / len(candidates)`) and with
@@ -14,26 +14,30 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from PIL import Image
 
-LOSS_PNG = "loss_curves.png"
-CONTINUATION_GIF = "continuation.gif"
-CONTINUATION_PNG = "continuation.png"
-RESULTS_JSON = "results.json"
-REPORT_MD = "report.md"
+from lwm.config.infer import NeedleConfig
+from lwm.data.chat import encode_chat_record
+from lwm.data.records import vision_span
+from lwm.data.synthetic import filler_sentences
+from lwm.demo.report import CONTINUATION_GIF, CONTINUATION_PNG, LOSS_PNG, plot_losses
+from lwm.eval.needle import accuracy_grid, run_needle_eval
+from lwm.infer.cache import InferenceModel
+from lwm.infer.generate import TextGenerator
+from lwm.infer.sampling import SamplingParams, VisionSchedule
+from lwm.model.params_io import load_model
 
 
 def _forward_fn(model: Any) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """A jitted `(ids, is_vision) -> (text log-probs, vision log-probs)` of an nnx model."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -80,7 +84,6 @@ def _sequence_scores(forward: Callable, examples: list[Any], batch: int = 16) ->
 def video_qa_accuracy(forward: Callable, world: Any, codes: dict[int, np.ndarray], text_tokenizer: Any,
                       data_config: Any, max_questions: int = 0) -> dict[str, Any]:
     """Forced-choice accuracy on held-out questions, with and without the video, and chance."""
-    from lwm.data.chat import encode_chat_record
 
     questions = [(video, qa) for video in world.videos_in("held_out") for qa in video.qa]
     if max_questions:
@@ -120,7 +123,6 @@ def video_qa_accuracy(forward: Callable, world: Any, codes: dict[int, np.ndarray
 def next_frame_accuracy(forward: Callable, world: Any, codes: dict[int, np.ndarray], text_tokenizer: Any,
                         codebook_size: int) -> dict[str, float]:
     """Teacher-forced accuracy of the codes of frames 1.. of held-out videos vs copying the last frame."""
-    from lwm.data.records import vision_span
 
     videos = world.videos_in("held_out")
     rows, flags = [], []
@@ -158,8 +160,6 @@ def next_frame_accuracy(forward: Callable, world: Any, codes: dict[int, np.ndarr
 def continuation(engine: Any, video_codes: np.ndarray, text_tokenizer: Any, vq_tokenizer: Any,
                  context_frames: int, output_dir: Path) -> dict[str, Any]:
     """Greedy continuation of a video from its first frames; GIF and PNG of truth beside generation."""
-    from lwm.data.records import vision_span
-    from lwm.infer.sampling import SamplingParams, VisionSchedule
 
     config = engine.config
     frames, per_frame = video_codes, video_codes.shape[1]
@@ -185,7 +185,6 @@ def continuation(engine: Any, video_codes: np.ndarray, text_tokenizer: Any, vq_t
 
 def _write_side_by_side(truth: np.ndarray, predicted: np.ndarray, context: int, output_dir: Path,
                         scale: int = 4) -> None:
-    from PIL import Image
 
     gap = np.full((truth.shape[1], 2, 3), 255, np.uint8)
     pictures = []
@@ -204,10 +203,6 @@ def _write_side_by_side(truth: np.ndarray, predicted: np.ndarray, context: int, 
 
 def needle_accuracy(engine: Any, text_tokenizer: Any, evaluation: Any, output_dir: Path, seed: int) -> dict[str, Any]:
     """The needle grid over filler haystacks of the world's kind; heatmap in `output_dir/needle`."""
-    from lwm.config.infer import NeedleConfig
-    from lwm.data.synthetic import filler_sentences
-    from lwm.eval.needle import accuracy_grid, run_needle_eval
-    from lwm.infer.generate import TextGenerator
 
     haystack = " ".join(filler_sentences(np.random.default_rng([seed, 7]), num_chars=20_000))
     settings = NeedleConfig(haystack="generated", context_min=evaluation.needle_context_min,
@@ -228,54 +223,11 @@ def needle_accuracy(engine: Any, text_tokenizer: Any, evaluation: Any, output_di
             "example_response": report.results[0]["response"] if report.results else ""}
 
 
-def plot_losses(metrics_path: Path, out_path: Path) -> dict[str, Any]:
-    """Text and vision loss per step of each stage (steps restart at a stage boundary)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lwm.train.metrics import read_metrics
-
-    records = read_metrics(metrics_path)
-    stages, offset, last = [], 0, 0
-    for record in records:
-        if record["step"] <= last:
-            offset += last
-        last = record["step"]
-        stages.append(offset)
-    steps = [record["step"] + stage for record, stage in zip(records, stages)]
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for name, style in (("loss", "k-"), ("text_loss", "b.-"), ("vision_loss", "r.-")):
-        # A logged step whose batch held no token of a modality has no loss for it.
-        tokens = name.replace("loss", "tokens")
-        values = [record.get(name, float("nan")) if record.get(tokens, 1) else float("nan") for record in records]
-        axis.plot(steps, values, style, label=name)
-    for boundary in sorted(set(stages) - {0}):
-        axis.axvline(boundary, color="gray", ls="--")
-        axis.text(boundary, axis.get_ylim()[1], " chat", va="top", color="gray")
-    axis.set_xlabel("step (pretrain, then chat)")
-    axis.set_ylabel("loss")
-    axis.set_yscale("log")
-    axis.legend()
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(out_path, dpi=100)
-    plt.close(figure)
-    first, final = records[0], records[-1]
-    return {"first": {k: first.get(k) for k in ("loss", "text_loss", "vision_loss")},
-            "final": {k: final.get(k) for k in ("loss", "text_loss", "vision_loss", "text_accuracy", "vision_accuracy")},
-            "logged_steps": len(records)}
-
-
 def evaluate(config: Any, world: Any, codes: dict[int, np.ndarray], vq_tokenizer: Any, text_tokenizer: Any,
              model_dir: Path, output_dir: Path, chat_data: Any,
              progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Every measurement of the report (`config` is the demo's); returns the numbers with the
     learning bars. `chat_data` is the data section chat examples were encoded with."""
-    from lwm.infer.cache import InferenceModel
-    from lwm.model.params_io import load_model
-
     model = load_model(model_dir, ("--attention", "dense"))
     forward = _forward_fn(model)
     numbers: dict[str, Any] = {"losses": plot_losses(output_dir / "metrics.jsonl", output_dir / LOSS_PNG)}
@@ -311,43 +263,3 @@ def evaluate(config: Any, world: Any, codes: dict[int, np.ndarray], vq_tokenizer
     return numbers
 
 
-def write_report(numbers: dict[str, Any], output_dir: Path) -> Path:
-    """`results.json` and `report.md` (with the pictures) in `output_dir`."""
-    (output_dir / RESULTS_JSON).write_text(json.dumps(numbers, indent=1, default=float))
-    qa, frame, needle, losses = numbers["video_qa"], numbers["next_frame"], numbers["needle"], numbers["losses"]
-    lines = ["# lwm demo: a video+language world model learning on one CPU", "",
-             f"Wall time {numbers['timings_s']['total']:.0f} s ({numbers['timings_s']}).", "",
-             "## Learning bars", "", "| bar | value | threshold | met |", "| --- | --- | --- | --- |"]
-    for name, bar in numbers["bars"].items():
-        lines.append(f"| {name} | {bar['value']:.3f} | {bar['threshold']:.3f} | {'yes' if bar['met'] else 'NO'} |")
-    lines += ["", "## Training", "", f"![loss curves]({LOSS_PNG})", "",
-              f"First logged loss {losses['first']}, final {losses['final']}.", "",
-              "## Video question answering (held-out videos, forced choice)", "",
-              f"{qa['questions']} questions: accuracy **{qa['accuracy']:.3f}**, the same model without the "
-              f"video {qa['text_only_accuracy']:.3f}, chance {qa['chance']:.3f}.", "",
-              "| kind | questions | with video | text only | chance |", "| --- | --- | --- | --- | --- |"]
-    for kind, row in qa["by_kind"].items():
-        lines.append(f"| {kind} | {row['questions']} | {row['accuracy']:.3f} | {row['text_only_accuracy']:.3f} | "
-                     f"{row['chance']:.3f} |")
-    lines += ["", "## Next-frame prediction (held-out videos, teacher forced)", "",
-              f"{frame['codes']} codes: accuracy **{frame['accuracy']:.3f}** against "
-              f"{frame['copy_last_frame_accuracy']:.3f} for copying the last frame; on the "
-              f"{frame['changed_codes']} codes that change, {frame['changed_accuracy']:.3f} (copying: 0).", "",
-              "## Continuation of a held-out video", "",
-              f"Left: ground truth, right: the model (greedy) after {numbers['continuation']['context_frames']} "
-              f"given frames; a red bar marks generated frames. Code accuracy of the generated frames "
-              f"{numbers['continuation']['code_accuracy']:.3f} (copying the last given frame "
-              f"{numbers['continuation']['copy_code_accuracy']:.3f}).", "",
-              f"![continuation]({CONTINUATION_GIF})", "", f"![continuation strip]({CONTINUATION_PNG})", "",
-              "## Needle retrieval", "",
-              f"Accuracy {needle['accuracy']:.3f} over lengths {needle['lengths']} and depths {needle['depths']}; "
-              f"at the longest length {needle['accuracy_at_trained_length']:.3f}. Digits in place "
-              f"{needle['digits_right']:.3f} (guessing: 0.1). Example answer: "
-              f"`{needle['example_response'].strip()}`", ""]
-    if needle.get("heatmap"):
-        lines += [f"![needle heatmap]({needle['heatmap']})", ""]
-    lines += ["## Data", "", f"```\n{json.dumps(numbers['data'], indent=1)}\n```", "",
-              f"VQ tokenizer: {json.dumps(numbers['vq'])}", ""]
-    path = output_dir / REPORT_MD
-    path.write_text("\n".join(lines))
-    return path
