@@ -8,7 +8,14 @@ Layout of a store directory:
 - `loss_mask/` uint8 `[num_tokens]`: 1 where the token, as a prediction target, carries loss.
 - `offsets/` int64 `[num_examples + 1]`: example `i` is `tokens[offsets[i]:offsets[i + 1]]`.
 - `store.json`: metadata (format version, tokenizer, vocabulary sizes, anything the writer
-  adds) and the committed counts `num_examples` and `num_tokens`.
+  adds), the committed counts `num_examples` and `num_tokens`, and `integrity`: per array the
+  number of chunks holding committed elements and a CRC-32 of each (`lwm/data/integrity.py`).
+
+Integrity: opening a store checks that every committed chunk file is there with its size (a
+missing chunk would otherwise read as zeros), `TokenStore.verify()` (`lwm inspect-store
+--verify`) reads everything and compares the checksums. Stores written before checksums were
+recorded open with a one-line warning that they cannot be verified; `rehash_store` (`lwm
+inspect-store --rehash`) adds checksums of their present contents.
 
 Crash safety: a writer appends a shard by growing the arrays and writing the new range, and only
 then replaces `store.json` atomically (write a temporary file, fsync, rename). Readers trust only
@@ -22,6 +29,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +37,13 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from lwm.data import integrity
 from lwm.errors import LwmError
 
 FORMAT_VERSION = 1
 METADATA_FILE = "store.json"
 TOKEN_ARRAYS = {"tokens": "int32", "is_vision": "uint8", "loss_mask": "uint8"}
+ALL_ARRAYS = (*TOKEN_ARRAYS, "offsets")
 DEFAULT_CHUNK_TOKENS = 1 << 18
 DEFAULT_FLUSH_TOKENS = 1 << 22
 _UNSET = object()
@@ -75,14 +85,70 @@ class TokenExample:
 
 
 def _array_spec(path: Path, dtype: str | None = None, chunk: int | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+    # Every chunk is written even when it holds only the fill value, so that a missing chunk
+    # file always means damage; plain little-endian bytes plus zarr's crc32c give chunk files of
+    # one known size (checked at open) that tensorstore verifies on every read. (Without codecs
+    # tensorstore shards each chunk into one-element inner chunks, 16 index bytes per token.)
+    spec: dict[str, Any] = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)},
+                            "store_data_equal_to_fill_value": True}
     if dtype is not None:
+        bytes_codec: dict[str, Any] = {"name": "bytes"}
+        if np.dtype(dtype).itemsize > 1:
+            bytes_codec["configuration"] = {"endian": "little"}
         spec["metadata"] = {
             "shape": [0],
             "data_type": dtype,
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk]}},
+            "codecs": [bytes_codec, {"name": "crc32c"}],
         }
     return spec
+
+
+def _committed_lengths(metadata: Mapping[str, Any]) -> dict[str, int]:
+    tokens = int(metadata["num_tokens"])
+    return {"tokens": tokens, "is_vision": tokens, "loss_mask": tokens,
+            "offsets": int(metadata["num_examples"]) + 1}
+
+
+def _reader(array: Any) -> Any:
+    return lambda start, stop: array[start:stop].read().result()
+
+
+_warned_unverifiable: set[str] = set()
+
+
+def _check_presence(path: Path, metadata: Mapping[str, Any]) -> None:
+    """Every committed chunk of every array is on disk with its size; warns for legacy stores."""
+    record = metadata.get("integrity")
+    if record is None:
+        if str(path) not in _warned_unverifiable:
+            _warned_unverifiable.add(str(path))
+            print(f"lwm: warning: token store {path} records no chunk checksums (written before "
+                  f"they were kept), so missing or damaged chunks cannot be detected; run `lwm "
+                  f"inspect-store --rehash {path}` to add them", file=sys.stderr)
+        return
+    for name, length in _committed_lengths(metadata).items():
+        if name not in record.get("arrays", {}):
+            raise StoreError(f"{path}/{METADATA_FILE}: integrity records no array {name!r}: the "
+                             f"store is damaged; re-tokenize")
+        integrity.check_array_presence(path, name, _layout(path, name), length,
+                                       record["arrays"][name], StoreError)
+
+
+def _layout(path: Path, name: str) -> integrity.ArrayLayout:
+    try:
+        return integrity.ArrayLayout(path / name)
+    except integrity.IntegrityError as error:
+        raise StoreError(str(error)) from None
+
+
+def _open_array(path: Path, name: str) -> Any:
+    try:
+        return ts.open(_array_spec(path / name), open=True).result()
+    except ValueError as error:
+        raise StoreError(f"{path}: array {name!r} cannot be opened "
+                         f"({integrity._first_line(error)}): the store is damaged; "
+                         f"re-tokenize") from None
 
 
 def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
@@ -103,12 +169,16 @@ def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
 def read_store_metadata(path: str | Path) -> dict[str, Any]:
     """The committed `store.json` of the store at `path`; raises `StoreError` if absent or foreign."""
     file = Path(path) / METADATA_FILE
+    if Path(path).is_file():
+        raise StoreError(f"{path} is a file, not a token store directory")
     if not file.is_file():
         raise StoreError(f"{path} is not a token store: {METADATA_FILE} is missing")
     try:
         metadata = json.loads(file.read_text())
     except json.JSONDecodeError as error:
-        raise StoreError(f"{file}: not valid JSON ({error})") from error
+        raise StoreError(f"{file}: not valid JSON ({error}); the store is damaged") from None
+    if not isinstance(metadata, dict):
+        raise StoreError(f"{file}: expected a JSON object; the store is damaged")
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
         raise StoreError(
@@ -131,8 +201,9 @@ class TokenStoreWriter:
         self.path = path
         self._metadata = metadata
         self._flush_tokens = flush_tokens
-        self._arrays = {name: ts.open(_array_spec(path / name)).result() for name in TOKEN_ARRAYS}
-        self._offsets = ts.open(_array_spec(path / "offsets")).result()
+        self._arrays = {name: _open_array(path, name) for name in TOKEN_ARRAYS}
+        self._offsets = _open_array(path, "offsets")
+        _check_presence(path, metadata)
         self._buffer: list[TokenExample] = []
         self._buffered_tokens = 0
         self._shard: dict[str, int] = {}
@@ -155,6 +226,8 @@ class TokenStoreWriter:
     ) -> TokenStoreWriter:
         """Creates an empty store at `path` (refusing an existing one unless `overwrite`)."""
         path = Path(path)
+        if path.is_file():
+            raise StoreError(f"{path} is a file: name a new directory for the token store")
         if path.exists():
             if not overwrite:
                 raise StoreError(
@@ -180,7 +253,12 @@ class TokenStoreWriter:
             num_vision_tokens=0,
             num_loss_tokens=0,
             progress=None,
+            integrity={"version": integrity.INTEGRITY_VERSION,
+                       "algorithm": integrity.CHECKSUM_ALGORITHM,
+                       "arrays": {name: {"chunks": 0, "crc32": []} for name in TOKEN_ARRAYS}},
         )
+        full["integrity"]["arrays"]["offsets"] = {
+            "chunks": 1, "crc32": [integrity.crc32_of_values(np.zeros(1, np.int64))]}
         _write_json_atomically(path / METADATA_FILE, full)
         return cls(path, full, flush_tokens=flush_tokens)
 
@@ -244,7 +322,7 @@ class TokenStoreWriter:
 
     def update_metadata(self, **entries: Any) -> None:
         """Adds JSON-able entries to the metadata; committed with the next flush."""
-        reserved = {"format_version", "num_examples", "num_tokens", "progress"}
+        reserved = {"format_version", "num_examples", "num_tokens", "progress", "integrity"}
         if reserved & entries.keys():
             raise ValueError(f"update_metadata cannot set {sorted(reserved & entries.keys())}")
         self._metadata.update(entries)
@@ -280,12 +358,37 @@ class TokenStoreWriter:
         writes.append(offsets[start_example + 1:end_example + 1].write(start_token + np.cumsum(lengths)))
         for write in writes:
             write.result()
+        checksums = self._updated_checksums(
+            {"tokens": (start_token, end_token), "is_vision": (start_token, end_token),
+             "loss_mask": (start_token, end_token),
+             "offsets": (start_example + 1, end_example + 1)})
         self._shard = {
             "num_examples": end_example,
             "num_tokens": end_token,
             "num_vision_tokens": int(self._metadata["num_vision_tokens"]) + int(columns["is_vision"].sum()),
             "num_loss_tokens": int(self._metadata["num_loss_tokens"]) + int(columns["loss_mask"].sum()),
         }
+        if checksums is not None:
+            self._shard["integrity"] = checksums
+
+    def _updated_checksums(self, written: Mapping[str, tuple[int, int]]) -> dict[str, Any] | None:
+        """The integrity record after writing `[start, end)` of each array (None: legacy store).
+
+        Only the chunks the write touched are read back and hashed; the others keep their
+        recorded checksums.
+        """
+        record = self._metadata.get("integrity")
+        if record is None:
+            return None
+        arrays = {}
+        for name, (start, end) in written.items():
+            array = self._offsets if name == "offsets" else self._arrays[name]
+            chunk = _layout(self.path, name).chunk_elements
+            first = start // chunk
+            crcs = list(record["arrays"][name]["crc32"][:first])
+            crcs += integrity.array_checksums(_reader(array), end, chunk, first)
+            arrays[name] = {"chunks": len(crcs), "crc32": crcs}
+        return {**record, "arrays": arrays}
 
     def _commit(self) -> None:
         """Publishes the written shard: only now do readers (and a reopening writer) see it."""
@@ -332,16 +435,23 @@ class TokenStore:
         self.num_tokens = int(self.metadata["num_tokens"])
         self._arrays = {}
         for name in TOKEN_ARRAYS:
-            array = ts.open(_array_spec(self.path / name), open=True).result()
+            array = _open_array(self.path, name)
             if array.shape[0] < self.num_tokens:
                 raise StoreError(f"{self.path}/{name} holds {array.shape[0]} tokens but "
                                  f"{METADATA_FILE} commits {self.num_tokens}: the store is damaged")
             self._arrays[name] = array
-        offsets = ts.open(_array_spec(self.path / "offsets"), open=True).result()
+        offsets = _open_array(self.path, "offsets")
         if offsets.shape[0] < self.num_examples + 1:
             raise StoreError(f"{self.path}/offsets holds {offsets.shape[0]} entries but "
                              f"{METADATA_FILE} commits {self.num_examples} examples: damaged store")
-        self.offsets = offsets[: self.num_examples + 1].read().result().astype(np.int64)
+        _check_presence(self.path, self.metadata)
+        self._offsets_array = offsets
+        try:
+            self.offsets = offsets[: self.num_examples + 1].read().result().astype(np.int64)
+        except ValueError as error:
+            raise StoreError(f"{self.path}: array 'offsets' cannot be read "
+                             f"({integrity._first_line(error)}): the store is damaged; run `lwm "
+                             f"inspect-store --verify {self.path}` to find the chunk") from None
         if self.offsets[-1] != self.num_tokens or np.any(np.diff(self.offsets) <= 0):
             raise StoreError(f"{self.path}/offsets disagree with {METADATA_FILE} "
                              f"(num_tokens {self.num_tokens}): the store is damaged")
@@ -379,13 +489,36 @@ class TokenStore:
             start, end = int(self.offsets[index]), int(self.offsets[index + 1])
             futures.append([self._arrays[name][start:end].read() for name in TOKEN_ARRAYS])
         examples = []
-        for tokens, vision, loss in futures:
-            examples.append(TokenExample(
-                tokens.result().astype(np.int32, copy=False),
-                vision.result().astype(bool),
-                loss.result().astype(bool),
-            ))
+        try:
+            for tokens, vision, loss in futures:
+                examples.append(TokenExample(
+                    tokens.result().astype(np.int32, copy=False),
+                    vision.result().astype(bool),
+                    loss.result().astype(bool),
+                ))
+        except ValueError as error:  # tensorstore: a chunk failing its crc32c, unreadable
+            raise StoreError(f"{self.path}: reading examples failed ({integrity._first_line(error)})"
+                             f": the store is damaged; run `lwm inspect-store --verify "
+                             f"{self.path}` to find the chunk") from None
         return examples
+
+    def verify(self) -> dict[str, int]:
+        """Reads every committed chunk and checks its CRC-32; returns chunks checked per array.
+
+        Raises `StoreError` naming the store, array and chunk of the first mismatch, or saying
+        that the store records no checksums (see `rehash_store`).
+        """
+        record = self.metadata.get("integrity")
+        if record is None:
+            raise StoreError(f"{self.path} records no chunk checksums (written before they were "
+                             f"kept): run `lwm inspect-store --rehash {self.path}` to add them")
+        arrays = {**self._arrays, "offsets": self._offsets_array}
+        checked = {}
+        for name, length in _committed_lengths(self.metadata).items():
+            checked[name] = integrity.verify_array_checksums(
+                self.path, name, _reader(arrays[name]), length, _layout(self.path, name),
+                record["arrays"][name], StoreError)
+        return checked
 
     def __iter__(self) -> Iterator[TokenExample]:
         for start in range(0, self.num_examples, 256):
@@ -402,3 +535,31 @@ class TokenStore:
             for q in (50, 90, 99):
                 info[f"length_p{q}"] = int(np.percentile(lengths, q))
         return info
+
+
+def rehash_store(path: str | Path) -> dict[str, int]:
+    """Records checksums of a store's present contents in its `store.json`; returns chunk counts.
+
+    For stores written before checksums were kept. It trusts what is on disk now, so it cannot
+    find damage done before it ran; it refuses a store whose committed chunks are not all there
+    only where their files have a known size (stores written with plain chunk codecs).
+    """
+    path = Path(path)
+    metadata = read_store_metadata(path)
+    arrays = {}
+    for name, length in _committed_lengths(metadata).items():
+        array = _open_array(path, name)
+        if array.shape[0] < length:
+            raise StoreError(f"{path}/{name} holds {array.shape[0]} elements, fewer than the "
+                             f"committed {length}: the store is damaged")
+        layout = _layout(path, name)
+        crcs = integrity.array_checksums(_reader(array), length, layout.chunk_elements)
+        record = {"chunks": len(crcs), "crc32": crcs}
+        if layout.chunk_file_bytes is not None:
+            integrity.check_array_presence(path, name, layout, length, record, StoreError)
+        arrays[name] = record
+    metadata["integrity"] = {"version": integrity.INTEGRITY_VERSION,
+                             "algorithm": integrity.CHECKSUM_ALGORITHM, "arrays": arrays}
+    _write_json_atomically(path / METADATA_FILE, metadata)
+    _warned_unverifiable.discard(str(path))
+    return {name: record["chunks"] for name, record in arrays.items()}

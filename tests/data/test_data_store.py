@@ -141,3 +141,128 @@ def test_empty_example_refused_and_store_pickles(tmp_path):
         writer.append(TokenExample.make([7, 8]))
     store = pickle.loads(pickle.dumps(TokenStore(path)))
     np.testing.assert_array_equal(store[0].tokens, [7, 8])
+
+
+# Integrity: the chunk files are named by the zarr v3 spec's default chunk key encoding
+# (`<array>/c/<index>`), and the crc32c codec appends a 4-byte checksum to each.
+
+
+def written_store(path, count=30):
+    examples = make_examples(count, seed=3)
+    with create(path, flush_tokens=90) as writer:
+        for example in examples:
+            writer.append(example)
+    return examples
+
+
+def one_line(error) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_verify_passes_on_a_good_store_and_counts_chunks(tmp_path):
+    path = tmp_path / "store"
+    examples = written_store(path)
+    store = TokenStore(path)
+    checked = store.verify()
+    tokens = sum(len(e) for e in examples)
+    assert checked["tokens"] == -(-tokens // 64) == len(list((path / "tokens" / "c").iterdir()))
+    assert checked["offsets"] == -(-(len(examples) + 1) // 8)
+    # Chunks of all zeros are stored too (tensorstore would elide them), so presence is exact.
+    with create(tmp_path / "zeros") as writer:
+        writer.append(TokenExample.make(np.zeros(100, np.int32)))
+    assert len(list((tmp_path / "zeros" / "is_vision" / "c").iterdir())) == 2
+    TokenStore(tmp_path / "zeros").verify()
+
+
+@pytest.mark.parametrize("array", ["tokens", "is_vision", "offsets"])
+def test_a_deleted_chunk_fails_at_open_naming_store_array_and_chunk(tmp_path, array):
+    path = tmp_path / "store"
+    written_store(path)
+    (path / array / "c" / "1").unlink()
+    with pytest.raises(StoreError) as error:
+        TokenStore(path)
+    message = one_line(error)
+    assert str(path) in message and f"array {array!r} chunk 1" in message and "missing" in message
+    with pytest.raises(StoreError, match="chunk 1"):
+        TokenStoreWriter.open(path)
+
+
+def test_a_truncated_chunk_fails_at_open(tmp_path):
+    path = tmp_path / "store"
+    written_store(path)
+    chunk = path / "loss_mask" / "c" / "2"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    with pytest.raises(StoreError) as error:
+        TokenStore(path)
+    message = one_line(error)
+    assert "array 'loss_mask' chunk 2" in message and "10 bytes, expected 68" in message
+
+
+def test_flipped_bytes_fail_verify_and_reading(tmp_path):
+    path = tmp_path / "store"
+    written_store(path)
+    chunk = path / "tokens" / "c" / "1"
+    data = bytearray(chunk.read_bytes())
+    data[5] ^= 0x40
+    chunk.write_bytes(bytes(data))
+    store = TokenStore(path)  # sizes are right: only reading finds it
+    with pytest.raises(StoreError) as error:
+        store.verify()
+    message = one_line(error)
+    assert str(path) in message and "array 'tokens' chunk 1" in message
+    with pytest.raises(StoreError, match="damaged"):
+        list(store)
+
+
+def test_flipped_bytes_with_a_valid_codec_checksum_fail_our_checksum(tmp_path):
+    # Rewrite the chunk's values through tensorstore (so zarr's own crc32c is valid): only the
+    # checksum recorded in store.json can tell.
+    import tensorstore as ts
+
+    path = tmp_path / "store"
+    written_store(path)
+    array = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path / "tokens")}},
+                    open=True).result()
+    array[64:65].write(np.array([999], np.int32)).result()
+    with pytest.raises(StoreError, match="array 'tokens' chunk 1 .* fails its checksum"):
+        TokenStore(path).verify()
+
+
+def test_an_uncommitted_tail_in_the_last_chunk_does_not_break_verification(tmp_path):
+    path = tmp_path / "store"
+    examples = written_store(path)
+    writer = TokenStoreWriter.open(path, flush_tokens=10**9)
+    extra = make_examples(5, seed=9)
+    for example in extra:
+        writer.append(example)
+    writer._write_shard()  # a crash after writing the shard, before committing it
+    TokenStore(path).verify()
+    with TokenStoreWriter.open(path) as resumed:
+        for example in extra:
+            resumed.append(example)
+    store = TokenStore(path)
+    assert store.verify()["tokens"] >= 1 and len(store) == len(examples) + 5
+    assert_same(store[-1], extra[-1])
+
+
+def test_a_store_written_before_checksums_warns_once_and_can_be_rehashed(tmp_path, capsys):
+    from lwm.data.store import rehash_store
+
+    path = tmp_path / "legacy"
+    examples = written_store(path, count=6)
+    metadata = json.loads((path / METADATA_FILE).read_text())
+    del metadata["integrity"]
+    (path / METADATA_FILE).write_text(json.dumps(metadata))
+    TokenStore(path)
+    TokenStore(path)
+    warning = capsys.readouterr().err.strip()
+    assert warning.count("\n") == 0 and "no chunk checksums" in warning and "--rehash" in warning
+    with pytest.raises(StoreError, match="--rehash"):
+        TokenStore(path).verify()
+    assert rehash_store(path)["tokens"] >= 1
+    store = TokenStore(path)
+    store.verify()
+    assert_same(store[5], examples[5])
+    assert capsys.readouterr().err == ""
