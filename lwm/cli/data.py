@@ -53,9 +53,16 @@ def _run_make_qa(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _run_inspect_store(args: argparse.Namespace) -> int:
-    from lwm.data.store import TokenStore
+    from lwm.data.store import TokenStore, rehash_store
 
+    if args.rehash:
+        chunks = rehash_store(args.path)
+        print(f"recorded checksums of {sum(chunks.values())} chunks in {args.path}/store.json "
+              f"({', '.join(f'{name} {count}' for name, count in chunks.items())})")
     store = TokenStore(args.path)
+    if args.verify:
+        checked = store.verify()
+        print(f"verified {sum(checked.values())} chunks of {args.path}: every checksum matches")
     info = store.summary()
     if args.json:
         print(json.dumps(info, indent=1, sort_keys=True))
@@ -79,11 +86,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "inspect-store", help="print a token store's metadata and counts",
-        description="Prints a token store's metadata, counts and length statistics.\n\n"
-                    "example:\n  lwm inspect-store data/tokens --show 2",
+        description="Prints a token store's metadata, counts and length statistics. Opening a "
+                    "store checks that every chunk file is present with its size; --verify also "
+                    "reads every chunk and compares its checksum.\n\n"
+                    "examples:\n  lwm inspect-store data/tokens --show 2\n"
+                    "  lwm inspect-store data/tokens --verify",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("path", help="token store directory")
     parser.add_argument("--show", type=int, default=0, help="also print the first N examples")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--verify", action="store_true",
+                        help="read every chunk and check it against the checksums in store.json")
+    parser.add_argument("--rehash", action="store_true",
+                        help="record checksums of the present contents (for stores written "
+                             "before checksums were kept)")
     parser.set_defaults(func=_run_inspect_store, accepts_overrides=False)

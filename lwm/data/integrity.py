@@ -124,7 +124,12 @@ def check_array_presence(store: Path, name: str, layout: ArrayLayout, length: in
     if recorded != expected:
         raise error(f"{store}: array {name!r} commits {length} elements in {expected} chunks "
                          f"but store.json records {recorded}: the store is damaged; re-tokenize")
+    # Chunks recorded as absent were never written (all fill value, elided by a writer that
+    # predates storing such chunks); every other committed chunk must be on disk.
+    absent = set(record.get("absent", ()))
     for chunk in range(expected):
+        if chunk in absent:
+            continue
         path = layout.chunk_path(chunk)
         try:
             size = path.stat().st_size

@@ -388,6 +388,9 @@ class TokenStoreWriter:
             crcs = list(record["arrays"][name]["crc32"][:first])
             crcs += integrity.array_checksums(_reader(array), end, chunk, first)
             arrays[name] = {"chunks": len(crcs), "crc32": crcs}
+            absent = [i for i in record["arrays"][name].get("absent", ()) if i < first]
+            if absent:
+                arrays[name]["absent"] = absent
         return {**record, "arrays": arrays}
 
     def _commit(self) -> None:
@@ -527,7 +530,11 @@ class TokenStore:
     def summary(self) -> dict[str, Any]:
         """Counts and length statistics, for `lwm inspect-store` and logs."""
         lengths = self.lengths
-        info = {key: value for key, value in self.metadata.items() if key != "progress"}
+        info = {key: value for key, value in self.metadata.items()
+                if key not in ("progress", "integrity")}
+        record = self.metadata.get("integrity")
+        info["checksummed_chunks"] = (sum(int(a["chunks"]) for a in record["arrays"].values())
+                                      if record else "none (written before checksums; --rehash)")
         if len(lengths):
             info["length_min"] = int(lengths.min())
             info["length_mean"] = float(lengths.mean())
@@ -541,8 +548,8 @@ def rehash_store(path: str | Path) -> dict[str, int]:
     """Records checksums of a store's present contents in its `store.json`; returns chunk counts.
 
     For stores written before checksums were kept. It trusts what is on disk now, so it cannot
-    find damage done before it ran; it refuses a store whose committed chunks are not all there
-    only where their files have a known size (stores written with plain chunk codecs).
+    find damage done before it ran. Chunk files absent now are recorded as absent (such writers
+    skipped chunks holding only the fill value), so later opens require exactly the others.
     """
     path = Path(path)
     metadata = read_store_metadata(path)
@@ -554,9 +561,10 @@ def rehash_store(path: str | Path) -> dict[str, int]:
                              f"committed {length}: the store is damaged")
         layout = _layout(path, name)
         crcs = integrity.array_checksums(_reader(array), length, layout.chunk_elements)
-        record = {"chunks": len(crcs), "crc32": crcs}
-        if layout.chunk_file_bytes is not None:
-            integrity.check_array_presence(path, name, layout, length, record, StoreError)
+        record: dict[str, Any] = {"chunks": len(crcs), "crc32": crcs}
+        absent = [i for i in range(len(crcs)) if not layout.chunk_path(i).exists()]
+        if absent:
+            record["absent"] = absent
         arrays[name] = record
     metadata["integrity"] = {"version": integrity.INTEGRITY_VERSION,
                              "algorithm": integrity.CHECKSUM_ALGORITHM, "arrays": arrays}

@@ -247,22 +247,51 @@ def test_an_uncommitted_tail_in_the_last_chunk_does_not_break_verification(tmp_p
     assert_same(store[-1], extra[-1])
 
 
+def legacy_store(path):
+    """A store as the writer made it before checksums: no `integrity` in store.json, arrays with
+    tensorstore's default codecs, and chunks holding only the fill value never written."""
+    import tensorstore as ts
+
+    path.mkdir()
+    tokens = np.arange(1, 71, dtype=np.int32)
+    columns = {"tokens": ("int32", tokens), "is_vision": ("uint8", np.zeros(70, np.uint8)),
+               "loss_mask": ("uint8", np.ones(70, np.uint8)),
+               "offsets": ("int64", np.arange(0, 71, 7, dtype=np.int64))}
+    for name, (dtype, values) in columns.items():
+        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path / name)},
+                "metadata": {"shape": [len(values)], "data_type": dtype,
+                             "chunk_grid": {"name": "regular",
+                                            "configuration": {"chunk_shape": [16]}}}}
+        ts.open(spec, create=True).result().write(values).result()
+    metadata = {"format_version": 1, "tokenizer": "bytes", "text_vocab_size": 1000,
+                "vision_vocab_size": 0, "num_examples": 10, "num_tokens": 70,
+                "num_vision_tokens": 0, "num_loss_tokens": 70, "progress": None}
+    (path / METADATA_FILE).write_text(json.dumps(metadata))
+    return tokens
+
+
 def test_a_store_written_before_checksums_warns_once_and_can_be_rehashed(tmp_path, capsys):
     from lwm.data.store import rehash_store
 
     path = tmp_path / "legacy"
-    examples = written_store(path, count=6)
-    metadata = json.loads((path / METADATA_FILE).read_text())
-    del metadata["integrity"]
-    (path / METADATA_FILE).write_text(json.dumps(metadata))
+    tokens = legacy_store(path)
+    assert not (path / "is_vision" / "c" / "0").exists()  # elided: all fill value
     TokenStore(path)
     TokenStore(path)
     warning = capsys.readouterr().err.strip()
     assert warning.count("\n") == 0 and "no chunk checksums" in warning and "--rehash" in warning
     with pytest.raises(StoreError, match="--rehash"):
         TokenStore(path).verify()
-    assert rehash_store(path)["tokens"] >= 1
+    assert rehash_store(path)["tokens"] == 5
     store = TokenStore(path)
-    store.verify()
-    assert_same(store[5], examples[5])
+    assert store.verify()["is_vision"] == 5
+    np.testing.assert_array_equal(store[9].tokens, tokens[63:70])
     assert capsys.readouterr().err == ""
+    # From now on its present chunks are required, and appending keeps checksums.
+    with TokenStoreWriter.open(path) as writer:
+        writer.append(TokenExample.make([5, 6, 7], [0, 1, 1]))
+    assert TokenStore(path).verify()["tokens"] == 5
+    assert_same(TokenStore(path)[10], TokenExample.make([5, 6, 7], [0, 1, 1]))
+    (path / "tokens" / "c" / "2").unlink()
+    with pytest.raises(StoreError, match="array 'tokens' chunk 2 .* missing"):
+        TokenStore(path)
