@@ -206,9 +206,11 @@ class Encoder(nnx.Module):
     def __init__(self, config: VQModelConfig, *, rngs: nnx.Rngs, dtype=None):
         channels = [config.hidden_channels * mult for mult in config.channel_mult]
         groups = config.norm_num_groups
-        self.conv_in = _conv(config.in_channels, channels[0], 3, rngs, dtype=dtype)
+        # conv_in widens to hidden_channels (taming and LWM); a first level with channel_mult > 1
+        # then widens again in its first residual block (diffusers' configs always have 1).
+        self.conv_in = _conv(config.in_channels, config.hidden_channels, 3, rngs, dtype=dtype)
         blocks = []
-        previous = channels[0]
+        previous = config.hidden_channels
         for level, width in enumerate(channels):
             last = level == len(channels) - 1
             blocks.append(DownBlock(previous, width, config.num_res_blocks, groups, not last,
@@ -265,9 +267,18 @@ class VectorQuantizer(nnx.Module):
         self.codebook = Codebook(jax.random.uniform(
             rngs.params(), (codebook_size, codebook_dim), jnp.float32, -bound, bound))
 
+    # LWM's distance formula (`|z|^2 + |e|^2 - 2 z.e` at default matmul precision) instead of
+    # ours; `set_lwm_numerics` turns it on so codes match LWM's bit for bit.
+    lwm_distance: bool = False
+
     def nearest(self, z_ND: jax.Array) -> jax.Array:
         """Index of the nearest codebook vector for each row of `z_ND` (float32 distances)."""
         codebook = self.codebook[...]
+        if self.lwm_distance:
+            z32 = z_ND.astype(jnp.float32)
+            distances = (jnp.sum(z32**2, axis=1, keepdims=True) + jnp.sum(codebook.T**2, axis=0, keepdims=True)
+                         - 2 * jnp.einsum("bd,nd->bn", z32, codebook))
+            return jnp.argmin(distances, axis=1).astype(jnp.int32)
         # ||z||^2 is the same for every code, so it is left out; that also keeps float32
         # precision for the terms that decide the argmin.
         cross = jnp.matmul(z_ND.astype(jnp.float32), codebook.T,
@@ -328,9 +339,14 @@ class VQGAN(nnx.Module):
         zq = quantized_NhwD if self.config.norm_type == "spatial" else None
         return self.decoder(self.post_quant_conv(quantized_NhwD), zq).astype(jnp.float32)
 
+    # LWM's decode() clips its output to [-1, 1]; `set_lwm_numerics` turns this on.
+    clip_decoded: bool = False
+
     def decode(self, codes_Nhw: jax.Array) -> jax.Array:
-        """Pixels (float, about [-1, 1]) `[N, H, W, C]` from codes `[N, h, w]`."""
-        return self.decode_latents(self.quantize.lookup(codes_Nhw))
+        """Pixels (float, about [-1, 1]; clipped to it with LWM's numerics) `[N, H, W, C]` from
+        codes `[N, h, w]`."""
+        pixels = self.decode_latents(self.quantize.lookup(codes_Nhw))
+        return jnp.clip(pixels, -1.0, 1.0) if self.clip_decoded else pixels
 
     def __call__(self, pixels_NHWC: jax.Array) -> VQOutput:
         """Encode, quantize (straight-through) and decode: the training forward pass."""
@@ -338,6 +354,18 @@ class VQGAN(nnx.Module):
         straight_through, codes = self.quantize(latents)
         reconstruction = self.decode_latents(straight_through)
         return VQOutput(reconstruction, latents, self.quantize.lookup(codes), codes)
+
+
+def set_lwm_numerics(model: VQGAN) -> VQGAN:
+    """Makes `model` compute exactly as LWM's flax VQGAN (`lwm/vqgan.py`): GroupNorm with
+    flax.linen's default one-pass variance, LWM's codebook distance, and `decode` clipped to
+    [-1, 1]. Returns the model (changed in place)."""
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.GroupNorm):
+            node.use_fast_variance = True
+    model.quantize.lwm_distance = True
+    model.clip_decoded = True
+    return model
 
 
 def abstract_vqgan(config: VQModelConfig) -> VQGAN:

@@ -1,11 +1,10 @@
 """The Flax VQGAN against diffusers' PyTorch `VQModel`: weights imported from a save_pretrained
-folder and from an LWM-layout parameter file give identical codes and matching pixels; the
+folder give identical codes and matching pixels; the
 parameter-file loader refuses pickles that would run code."""
 
 import functools
 import os
 import pickle
-import re
 
 import numpy as np
 import pytest
@@ -17,10 +16,7 @@ import jax  # noqa: E402
 
 from lwm.model.vqgan_convert import (  # noqa: E402
     UnsafeFileError,
-    VQTokenizer,
-    WeightMappingError,
     diffusers_config_to_vq,
-    load_lwm_vqgan,
     load_param_file,
     load_vq_tokenizer,
 )
@@ -102,73 +98,7 @@ def test_diffusers_folder_parity(tokenizer_for, variant):
     assert np.abs(frames_back.astype(int) - expected).max() <= 1
 
 
-def _taming_name(key: str, levels: int) -> str:
-    """diffusers name -> LWM/taming flax name (written independently of the library's mapping)."""
-    name = key
-    name = re.sub(r"^decoder\.up_blocks\.(\d+)\.",
-                  lambda m: f"decoder.up_{levels - 1 - int(m.group(1))}.", name)
-    name = re.sub(r"^encoder\.down_blocks\.(\d+)\.", r"encoder.down_\1.", name)
-    name = re.sub(r"\.resnets\.(\d+)\.", lambda m: f".block_{m.group(1)}.", name)
-    name = name.replace("mid_block.block_0.", "mid.block_1.").replace("mid_block.block_1.", "mid.block_2.")
-    name = name.replace("mid_block.attentions.0.group_norm.", "mid.attn_1.norm.")
-    name = re.sub(r"mid_block\.attentions\.0\.to_(q|k|v)\.", r"mid.attn_1.\1.", name)
-    name = name.replace("mid_block.attentions.0.to_out.0.", "mid.attn_1.proj_out.")
-    name = name.replace("downsamplers.0.conv.", "downsample.conv.")
-    name = name.replace("upsamplers.0.conv.", "upsample.conv.")
-    name = name.replace("conv_shortcut.", "nin_shortcut.").replace("conv_norm_out.", "norm_out.")
-    return name.replace("quantize.embedding.weight", "quantize.embeddings")
-
-
-def _lwm_tree(model) -> dict:
-    """The model's weights as LWM's flax VQGAN stores them: {'params': nested dict}."""
-    levels = len(TINY["block_out_channels"])
-    tree: dict = {}
-    for key, tensor in model.state_dict().items():
-        value = tensor.numpy()
-        name = _taming_name(key, levels)
-        if name.endswith(".weight"):
-            if value.ndim == 4:
-                name, value = name[:-7] + ".kernel", value.transpose(2, 3, 1, 0)
-            elif value.ndim == 2:  # taming's attention q/k/v/proj_out are 1x1 convolutions
-                name, value = name[:-7] + ".kernel", value.T[None, None]
-            else:
-                name = name[:-7] + ".scale"
-        node = tree
-        *parents, leaf = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = np.ascontiguousarray(value)
-    return {"params": tree}
-
-
-# LWM's VQGAN uses group norms; its config can switch the mid-block attention on.
-@pytest.mark.parametrize(("fmt", "variant"), [("msgpack", "amused-like"),
-                                              ("pickle", "attention-group")])
-def test_lwm_parameter_file_parity(tmp_path, fmt, variant):
-    model, frames, codes, decoded = _reference(variant, seed=1)
-    tree = _lwm_tree(model)
-    path = tmp_path / "vqgan"
-    if fmt == "msgpack":
-        from flax import serialization
-
-        path.write_bytes(serialization.msgpack_serialize(tree))
-    else:
-        path.write_bytes(pickle.dumps(tree, protocol=4))
-    config = diffusers_config_to_vq(dict(model.config), resolution=32)
-    tokenizer = VQTokenizer(load_lwm_vqgan(path, config), batch_size=4)
-    ours = tokenizer.encode(frames / 127.5 - 1.0)  # float pixels in [-1, 1] are accepted too
-    np.testing.assert_array_equal(ours, codes)
-    assert np.abs(tokenizer.decode_pixels(ours) - decoded).max() < 1e-4
-
-
-def test_lwm_file_with_wrong_names_is_reported(tmp_path):
-    from flax import serialization
-
-    path = tmp_path / "vqgan"
-    path.write_bytes(serialization.msgpack_serialize({"params": {"encoder": {"oops": np.zeros(3)}}}))
-    config = diffusers_config_to_vq(dict(TINY), resolution=32)
-    with pytest.raises(WeightMappingError, match="missing .*unexpected .*encoder.oops"):
-        load_lwm_vqgan(path, config)
+# LWM's own vqgan files (flax auto names) are tested in tests/model/formats/test_lwm_vqgan.py.
 
 
 class _RunsCode:
