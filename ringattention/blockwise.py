@@ -24,12 +24,11 @@ it without copies (queries ``[nq, B, KV, M, D]``, keys ``[nk, B, KV, ck, D]`` or
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple, Optional
-
-import numpy as np
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 SKIP, FULL, MASKED = 0, 1, 2
@@ -43,7 +42,7 @@ class KernelConfig(NamedTuple):
     query_chunk_size: int
     key_chunk_size: int
     softmax_scale: float
-    axis_name: Optional[str] = None
+    axis_name: str | None = None
     layout: str = "contiguous"
 
 
@@ -70,7 +69,7 @@ def check_qkv(q, k, v, name: str = "attention") -> None:
 
 
 def resolve_chunk(
-    chunk_size: int, length: int, what: str, limit: Optional[int] = None, length_name: str = "sequence length"
+    chunk_size: int, length: int, what: str, limit: int | None = None, length_name: str = "sequence length"
 ) -> int:
     """Clamp ``chunk_size`` to ``limit`` (default ``length``) and check it divides ``length``.
 
@@ -330,7 +329,7 @@ class QueryGrads(NamedTuple):
     lse: jax.Array  # [nq, B, KV, M]
     delta: jax.Array  # [nq, B, KV, M]
     pos: jax.Array  # [nq, M]
-    seg: Optional[jax.Array]  # [nq, B, M]
+    seg: jax.Array | None  # [nq, B, M]
 
 
 def query_grads_inputs(q_c, do_c, out_c, lse_c, q_pos_c, q_seg_c) -> QueryGrads:
@@ -438,7 +437,7 @@ def blockwise_attention(
     kv_mask=None,
     query_chunk_size: int = 512,
     key_chunk_size: int = 512,
-    softmax_scale: Optional[float] = None,
+    softmax_scale: float | None = None,
     q_positions=None,
     kv_positions=None,
 ):

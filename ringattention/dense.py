@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax.numpy as jnp
 from jax import lax
 
@@ -19,9 +17,9 @@ def dense_attention(
     segment_ids=None,
     kv_segment_ids=None,
     kv_mask=None,
-    query_chunk_size: Optional[int] = None,
-    key_chunk_size: Optional[int] = None,
-    softmax_scale: Optional[float] = None,
+    query_chunk_size: int | None = None,
+    key_chunk_size: int | None = None,
+    softmax_scale: float | None = None,
     q_positions=None,
     kv_positions=None,
 ):

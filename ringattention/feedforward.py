@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +15,7 @@ def blockwise_feedforward(
     chunk_size: int,
     *,
     axis: int = 1,
-    policy: Optional[Callable] = None,
+    policy: Callable | None = None,
 ):
     """Apply ``fn`` to ``x`` in chunks of ``chunk_size`` along the sequence axis ``axis``.
 

@@ -20,9 +20,8 @@ the one of the original order.
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax.numpy as jnp
+import numpy as np
 
 LAYOUTS = ("contiguous", "zigzag", "striped")
 

@@ -17,15 +17,14 @@ at every step; :func:`ring_schedule` counts them with the kernel's own predicate
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
-
-import numpy as np
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ringattention.blockwise import (
+    SKIP,
     KernelConfig,
     backward_step,
     block_kinds,
@@ -40,7 +39,6 @@ from ringattention.blockwise import (
     merge_kv_mask,
     query_grads_inputs,
     resolve_chunk,
-    SKIP,
     swap_last,
     unchunk_keys,
     unchunk_queries,
@@ -189,7 +187,7 @@ def ring_attention(
     kv_mask=None,
     query_chunk_size: int = 512,
     key_chunk_size: int = 512,
-    softmax_scale: Optional[float] = None,
+    softmax_scale: float | None = None,
     layout: str = "contiguous",
     return_stats: bool = False,
 ):

@@ -140,10 +140,9 @@ def worker(args) -> dict:
     """Run one configuration and return its measurements (printed as one JSON line)."""
     import resource
 
-    import numpy as np
-
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     rng = np.random.default_rng(0)
     shape_q = (1, args.seq, args.heads, args.dim)

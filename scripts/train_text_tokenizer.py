@@ -152,10 +152,10 @@ def qa_sentence(rng: random.Random) -> str:
     pairs = [
         (f"What color is the {shape}?", f"The {shape} is {color}."),
         (f"Which way does the {color} {shape} move?", f"It moves {direction}."),
-        (f"How many shapes are in the video?", f"There are {rng.randint(1, 6)} shapes."),
+        ("How many shapes are in the video?", f"There are {rng.randint(1, 6)} shapes."),
         (f"Does the {shape} bounce?", rng.choice(["Yes, it bounces off the wall.", "No, it does not."])),
-        (f"Describe the video.", f"{_a(color).capitalize()} {shape} {rng.choice(MOTIONS)} {direction}."),
-        (f"What happens next?", f"The {color} {shape} {rng.choice(MOTIONS)} {direction}."),
+        ("Describe the video.", f"{_a(color).capitalize()} {shape} {rng.choice(MOTIONS)} {direction}."),
+        ("What happens next?", f"The {color} {shape} {rng.choice(MOTIONS)} {direction}."),
         (f"What is {rng.randint(2, 99)} plus {rng.randint(2, 99)}?", f"The answer is {rng.randint(4, 198)}."),
     ]
     question, answer = rng.choice(pairs)
@@ -177,7 +177,7 @@ def needle_sentence(rng: random.Random) -> str:
         f"What is the special magic {city} number?",
         f"The special magic {city} number is {digits}.",
         f"Remember it. The pass key is {rng.randint(10000, 99999)}. Remember it.",
-        f"The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
+        "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
         f"Based on the content of the book, what is the special magic {city} number?",
     ]
     return rng.choice(options)

@@ -1,5 +1,6 @@
 """Typed, frozen configs loaded from YAML with dotted command-line overrides."""
 
+from lwm.config.data import DataConfig, QAConfig
 from lwm.config.loading import (
     ConfigError,
     from_dict,
@@ -9,7 +10,6 @@ from lwm.config.loading import (
     save_config,
     to_dict,
 )
-from lwm.config.data import DataConfig, QAConfig
 from lwm.config.model import MeshConfig, ModelConfig
 from lwm.config.train import (
     CheckpointConfig,

@@ -31,6 +31,7 @@ import numpy as np
 from lwm.data.batch import empty_row
 from lwm.data.store import TokenExample
 
+
 @dataclasses.dataclass
 class PackingStats:
     """Running counts of what the packer did (all JSON-able ints)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,7 @@ def direction_word(velocity: Sequence[int]) -> str:
     raise ValueError(f"velocity {velocity} has no main direction")
 
 
-@lru_cache(maxsize=None)
+@cache
 def sprite(kind: str, size: int) -> np.ndarray:
     """Boolean `[size, size]` mask of a square or of a circle inscribed in the square."""
     if kind not in ("square", "circle"):

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+
 from lwm.config import ConfigError, TrainRunConfig
 from lwm.config.synthetic import SyntheticWorldConfig
-from lwm.config.train import StageConfig
 from lwm.config.vq import (
     VQCheckpointConfig,
     VQModelConfig,

@@ -132,7 +132,7 @@ def next_frame_accuracy(forward: Callable, world: Any, codes: dict[int, np.ndarr
                                      codebook_size=codebook_size)
         rows.append(np.concatenate([[text_tokenizer.bos_id], ids]).astype(np.int32))
         flags.append(np.concatenate([[False], is_vision]))
-    correct = copy = changed = changed_correct = changed_copy = total = 0
+    correct = copy = changed = changed_correct = total = 0
     batch = 8
     for begin in range(0, len(rows), batch):
         chunk = list(range(begin, min(begin + batch, len(rows))))

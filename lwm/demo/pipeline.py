@@ -26,7 +26,6 @@ import numpy as np
 
 from lwm.config import ConfigError, TrainRunConfig
 from lwm.config.train import StageConfig
-from lwm.eval.needle import INSTRUCTION
 from lwm.data.records import ExampleEncoder
 from lwm.data.store import TokenStoreWriter
 from lwm.data.synthetic import generate_world, passkey_chat_records
@@ -34,9 +33,11 @@ from lwm.data.text_tokenizer import load_text_tokenizer
 from lwm.demo.config import EXAMPLE_KINDS, MARKER_FILE, DemoConfig
 from lwm.demo.evaluate import evaluate
 from lwm.demo.report import write_report
+from lwm.eval.needle import INSTRUCTION
 from lwm.model.vqgan_convert import load_vq_tokenizer
 from lwm.train.loop import train
 from lwm.train.vq import reconstruction_error, train_vq
+
 
 def _say(message: str, start: float) -> None:
     print(f"[demo {time.perf_counter() - start:6.1f}s] {message}", flush=True)

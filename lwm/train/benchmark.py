@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import jax
-
 import numpy as np
 
 from lwm.config import TrainRunConfig

@@ -17,7 +17,6 @@ import optax
 from flax import nnx
 
 from lwm.config import TrainConfig
-from lwm.data.batch import BATCH_KEYS
 from lwm.train.loss import add_sums, cross_entropy_sums, modality_scales, weighted_loss, zero_sums
 
 Batch = Mapping[str, jax.Array]

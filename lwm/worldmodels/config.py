@@ -258,7 +258,7 @@ class WorldModelsConfig:
             )
 
     @property
-    def paths(self) -> "RunPaths":
+    def paths(self) -> RunPaths:
         """Where each stage's files live."""
         return RunPaths(Path(self.run_dir))
 

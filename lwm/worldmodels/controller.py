@@ -26,8 +26,8 @@ from lwm.worldmodels.config import WorldModelsConfig
 _WORKER: dict[str, Any] = {}
 # Jitted policy steps per (environment, controller shape, sample_z), and the largest batch each
 # has compiled in this process: smaller calls are padded up to it instead of compiling again.
-_POLICY_STEPS: dict[tuple[str, "ControllerSpec", bool], Any] = {}
-_COMPILED_BATCH: dict[tuple[str, "ControllerSpec", bool], int] = {}
+_POLICY_STEPS: dict[tuple[str, ControllerSpec, bool], Any] = {}
+_COMPILED_BATCH: dict[tuple[str, ControllerSpec, bool], int] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +241,7 @@ class RealEnvEvaluator:
             self.pool.join()
             self.pool = None
 
-    def __enter__(self) -> "RealEnvEvaluator":
+    def __enter__(self) -> RealEnvEvaluator:
         return self
 
     def __exit__(self, *exc: Any) -> None:

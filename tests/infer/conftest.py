@@ -7,6 +7,7 @@ from infer_helpers import CHUNK, SMALL, make_model
 from lwm.config import MeshConfig
 from lwm.mesh import make_mesh
 
+
 @pytest.fixture(scope="session")
 def mesh_sp8():
     """All eight fake devices on the sequence axis: the KV cache is split in eight."""

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from ringattention import from_layout, to_layout
 
 from lwm.config import MeshConfig, ModelConfig
 from lwm.mesh import make_mesh, state_shardings
 from lwm.model.attention import sequence_permutation
 from lwm.model.params_io import create_model
+from ringattention import from_layout, to_layout
 
 BASE = ModelConfig(
     vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,

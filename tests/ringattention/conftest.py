@@ -1,10 +1,9 @@
 """Shared helpers for the ringattention tests: meshes, random inputs, a ring harness."""
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from ringattention import from_layout, ring_attention, to_layout

@@ -1,12 +1,11 @@
 """blockwise_attention and dense_attention: values, every gradient, masks, dtypes, memory."""
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
-
+import numpy as np
+import pytest
 from conftest import assert_close, packed_segments, random_qkv, value_and_grads
+
 from ringattention import blockwise_attention, dense_attention
 
 

@@ -1,13 +1,13 @@
 """Sequence layouts and blockwise_feedforward."""
 
-import numpy as np
-import pytest
-from hypothesis import given, settings, strategies as st
-
 import jax
 import jax.numpy as jnp
-
+import numpy as np
+import pytest
 from conftest import assert_close
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ringattention import blockwise_feedforward, from_layout, layout_positions, shard_positions, to_layout
 
 

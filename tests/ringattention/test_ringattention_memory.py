@@ -7,13 +7,13 @@ quadratic in the sequence length. These tests compile the gradient of a two-laye
 execution) and check that XLA's temporary memory grows at most about linearly.
 """
 
-import pytest
-
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
-
+import pytest
 from conftest import make_mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
 from ringattention import blockwise_attention, ring_attention
 
 CHUNK = 128

@@ -1,13 +1,12 @@
 """ring_attention on 1, 2, 4 and 8 fake devices: values, every gradient, layouts, balance."""
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import assert_close, make_mesh, packed_segments, random_qkv, ring_harness, value_and_grads
 from jax.sharding import PartitionSpec as P
 
-from conftest import assert_close, make_mesh, packed_segments, random_qkv, ring_harness, value_and_grads
 from ringattention import dense_attention, from_layout, ring_attention, ring_schedule, to_layout
 
 CASES = [
