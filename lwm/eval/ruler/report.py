@@ -1,0 +1,116 @@
+"""RULER's report: a task x length table with the average and RULER's weighted averages, and a
+depth x length heatmap per task.
+
+RULER (arXiv 2404.06654, Table 3) scores a model per length as the mean over its tasks, then
+summarises the lengths by their mean (Avg) and two weighted means: wAvg (inc) weighs length
+i of n by i (long contexts count more), wAvg (dec) by n + 1 - i. For LWM-Text-Chat-1M's
+82.3 / 78.4 / 73.7 / 69.1 / 68.1 / 65.0 at 4K..128K these give 72.8, 69.9 and 75.7.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lwm.eval.needle import _short_length, plot_heatmap
+from lwm.eval.ruler.tasks import TASKS
+
+DEPTH_BINS = tuple(float(d) for d in np.linspace(0, 100, 11))
+
+
+def weighted_average(scores: Sequence[float], increasing: bool) -> float:
+    """RULER's wAvg: weights 1..n over the lengths in order (`increasing`) or n..1."""
+    weights = np.arange(1, len(scores) + 1, dtype=np.float64)
+    if not increasing:
+        weights = weights[::-1]
+    return float(np.dot(weights, scores) / weights.sum())
+
+
+def score_grid(results: Sequence[dict[str, Any]], tasks: Sequence[str], lengths: Sequence[int]) -> np.ndarray:
+    """Mean score in percent per (task, length); NaN where nothing was run."""
+    grid = np.full((len(tasks), len(lengths)), np.nan)
+    for row, task in enumerate(tasks):
+        for column, length in enumerate(lengths):
+            scores = [r["score"] for r in results if r["task"] == task and r["length"] == length]
+            if scores:
+                grid[row, column] = 100.0 * float(np.mean(scores))
+    return grid
+
+
+def summary(results: Sequence[dict[str, Any]], tasks: Sequence[str] | None = None,
+            lengths: Sequence[int] | None = None) -> dict[str, Any]:
+    """The table as data: per-task scores, the per-length mean over tasks, Avg and wAvg."""
+    tasks = list(tasks) if tasks is not None else sorted({r["task"] for r in results}, key=_task_order)
+    lengths = list(lengths) if lengths is not None else sorted({int(r["length"]) for r in results})
+    grid = score_grid(results, tasks, lengths)
+    with np.errstate(all="ignore"):
+        per_length = np.nanmean(grid, axis=0) if len(tasks) else np.full(len(lengths), np.nan)
+    complete = bool(np.isfinite(per_length).all()) and len(lengths) > 0
+    samples = {task: sum(1 for r in results if r["task"] == task) for task in tasks}
+    return {
+        "tasks": tasks,
+        "lengths": lengths,
+        "scores": {task: [_number(v) for v in grid[row]] for row, task in enumerate(tasks)},
+        "samples": samples,
+        "per_length": [_number(v) for v in per_length],
+        "avg": _number(float(np.mean(per_length))) if complete else None,
+        "wavg_inc": _number(weighted_average(per_length, True)) if complete else None,
+        "wavg_dec": _number(weighted_average(per_length, False)) if complete else None,
+    }
+
+
+def format_table(table: dict[str, Any]) -> str:
+    """RULER's layout as Markdown: one row per task, the lengths as columns, a last row with
+    the mean over tasks, and Avg / wAvg (inc) / wAvg (dec) over the lengths."""
+    lengths = table["lengths"]
+    header = ["task", *(_short_length(length) for length in lengths), "Avg"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def cells(values):
+        return [f"{v:.1f}" if v is not None else "-" for v in values]
+
+    for task in table["tasks"]:
+        values = table["scores"][task]
+        finite = [v for v in values if v is not None]
+        average = f"{np.mean(finite):.1f}" if finite else "-"
+        lines.append("| " + " | ".join([task, *cells(values), average]) + " |")
+    average = f"{table['avg']:.1f}" if table["avg"] is not None else "-"
+    lines.append("| " + " | ".join(["**all tasks**", *cells(table["per_length"]), average]) + " |")
+    lines.append("")
+    if table["avg"] is not None:
+        lines.append(f"Avg {table['avg']:.1f} | wAvg (inc) {table['wavg_inc']:.1f} | wAvg (dec) {table['wavg_dec']:.1f}")
+    return "\n".join(lines) + "\n"
+
+
+def depth_bin(depth: float) -> float:
+    """The nearest of the heatmap's depth rows (0, 10, ..., 100 percent)."""
+    return min(DEPTH_BINS, key=lambda row: abs(row - depth))
+
+
+def plot_task_heatmap(results: Sequence[dict[str, Any]], task: str, path: str | Path) -> Path | None:
+    """Depth x length heatmap of one task: each reference's hit at its depth (None when the
+    task has no depths: the aggregation tasks count over the whole context)."""
+    rows = []
+    for result in results:
+        if result["task"] != task:
+            continue
+        pairs = [(depth_bin(d), hit) for d, hit in zip(result["depths"], result["hits"]) if d is not None]
+        if pairs:
+            rows.append({"context_length": result["length"], "asked_depths": [d for d, _ in pairs],
+                         "correct": [bool(h) for _, h in pairs]})
+    if not rows:
+        return None
+    found = [c for r in rows for c in r["correct"]]
+    return plot_heatmap(rows, path, title=f"{task}: {np.mean(found):.1%} of {len(found)} references")
+
+
+def _task_order(task: str) -> int:
+    names = list(TASKS)
+    return names.index(task) if task in names else len(names)
+
+
+def _number(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 2)
