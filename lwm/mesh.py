@@ -9,18 +9,23 @@ so sequence-parallel devices also hold a slice of the weights, and activations o
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lwm.config import ConfigError, MeshConfig
 
-MESH_AXES = ("dp", "fsdp", "tp", "sp")
+# The mesh axes, each named once: data, fully-sharded data, tensor and sequence parallelism.
+DATA_AXIS = "dp"
+FSDP_AXIS = "fsdp"
+TENSOR_AXIS = "tp"
+SEQUENCE_AXIS = "sp"
+MESH_AXES = (DATA_AXIS, FSDP_AXIS, TENSOR_AXIS, SEQUENCE_AXIS)
 
 # Logical axis -> mesh axes. A dimension is only sharded when its size divides evenly.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
@@ -74,37 +79,48 @@ def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -
     return Mesh(device_grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
-def _rules_dict(rules: Sequence[tuple[str, Any]]) -> dict[str, Any]:
-    return dict(rules)
-
-
 def logical_to_spec(
     logical_axes: Sequence[str | None],
     shape: Sequence[int] | None = None,
-    mesh: Mesh | None = None,
+    mesh: Mesh | jax.sharding.AbstractMesh | Mapping[str, int] | None = None,
     rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
 ) -> PartitionSpec:
     """Maps logical axis names to a `PartitionSpec`.
 
-    With `shape` and `mesh` given, a dimension whose size the mesh axes do not divide is left
-    replicated instead of failing (for example a 3-way vocabulary on a 2-way `tp`), and mesh
-    axes of size 1 are dropped.
+    `mesh` is a `Mesh` or just its axis sizes (`{"dp": 2, ...}`, for planning without
+    devices). With `shape` and `mesh` given, a dimension whose size the mesh axes do not divide
+    is left replicated instead of failing (for example a 3-way vocabulary on a 2-way `tp`), and
+    mesh axes of size 1 are dropped.
     """
-    table = _rules_dict(rules)
+    table = dict(rules)
+    sizes = None if mesh is None else dict(mesh) if isinstance(mesh, Mapping) else dict(mesh.shape)
     used: set[str] = set()
     spec: list[Any] = []
     for index, name in enumerate(logical_axes):
         target = table.get(name) if name is not None else None
         axes = (target,) if isinstance(target, str) else tuple(target or ())
         axes = tuple(axis for axis in axes if axis not in used)
-        if mesh is not None:
-            axes = tuple(axis for axis in axes if mesh.shape[axis] > 1)
+        if sizes is not None:
+            axes = tuple(axis for axis in axes if sizes[axis] > 1)
             if shape is not None and axes:
-                if shape[index] % math.prod(mesh.shape[axis] for axis in axes):
+                if shape[index] % math.prod(sizes[axis] for axis in axes):
                     axes = ()
         used.update(axes)
         spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
     return PartitionSpec(*spec)
+
+
+def shard_shape(
+    shape: Sequence[int], logical_axes: Sequence[str | None], mesh_sizes: Mapping[str, int],
+    rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
+) -> tuple[int, ...]:
+    """The shape of one device's shard of an array laid out by `logical_to_spec`."""
+    spec = logical_to_spec(logical_axes, shape, mesh_sizes, rules)
+    local = []
+    for size, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        local.append(size // math.prod(mesh_sizes[name] for name in names))
+    return tuple(local)
 
 
 def logical_axes_of(variable: Any) -> tuple[str | None, ...]:
@@ -115,8 +131,6 @@ def logical_axes_of(variable: Any) -> tuple[str | None, ...]:
 
 def state_shardings(state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> Any:
     """`NamedSharding`s for every variable of an `nnx.State` (abstract or concrete)."""
-    from flax import nnx
-
     def sharding(variable: Any) -> Any:
         spec = logical_to_spec(logical_axes_of(variable), variable.shape, mesh, rules)
         return variable.replace(NamedSharding(mesh, spec))
@@ -134,26 +148,12 @@ def data_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) 
     return NamedSharding(mesh, logical_to_spec(("batch", "seq"), None, mesh, rules))
 
 
-_active_rules: list[Sequence[tuple[str, Any]]] = []
-
-
-@contextlib.contextmanager
-def axis_rules(rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
-    """Uses `rules` for activation constraints inside the block (a scoped setting, not global)."""
-    _active_rules.append(rules)
-    try:
-        yield
-    finally:
-        _active_rules.pop()
-
-
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """Pins an activation's layout by logical names when a mesh is active; a no-op otherwise."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
         return x
-    rules = _active_rules[-1] if _active_rules else DEFAULT_RULES
-    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh, rules))
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh))
 
 
 def shard_over_sequence(
@@ -164,15 +164,14 @@ def shard_over_sequence(
 
     The sequence must split evenly over `sp`; batch and heads follow the activation rules.
     """
-    sequence_parallel = mesh.shape["sp"]
+    sequence_parallel = mesh.shape[SEQUENCE_AXIS]
     if q_BTHD.shape[1] % sequence_parallel:
         raise ValueError(
-            f"sequence length {q_BTHD.shape[1]} is not divisible by mesh axis sp={sequence_parallel}: "
+            f"sequence length {q_BTHD.shape[1]} is not divisible by mesh axis {SEQUENCE_AXIS}={sequence_parallel}: "
             f"ring attention gives every sequence-parallel device an equal block"
         )
-    rules = _active_rules[-1] if _active_rules else DEFAULT_RULES
-    q_spec = logical_to_spec(("batch", "seq", "act_heads", None), q_BTHD.shape, mesh, rules)
-    kv_spec = logical_to_spec(("batch", "seq", "act_kv_heads", None), k_BTKD.shape, mesh, rules)
+    q_spec = logical_to_spec(("batch", "seq", "act_heads", None), q_BTHD.shape, mesh)
+    kv_spec = logical_to_spec(("batch", "seq", "act_kv_heads", None), k_BTKD.shape, mesh)
     if q_spec[2] != kv_spec[2]:
         # Query and key heads must split the same way so each device keeps whole groups.
         q_spec = PartitionSpec(q_spec[0], q_spec[1], None, None)

@@ -31,7 +31,9 @@ import numpy as np
 from flax import nnx
 
 from lwm.config import TrainRunConfig
-from lwm.mesh import DEFAULT_RULES, logical_axes_of, resolve_axis_sizes
+from lwm.mesh import logical_axes_of, resolve_axis_sizes, shard_shape
+from lwm.model.llama import LlamaModel
+from lwm.train.setup import train_setup
 
 GIB = 1024**3
 
@@ -87,26 +89,8 @@ def _gib(num_bytes: int) -> str:
     return f"{num_bytes / GIB:.3f} GiB"
 
 
-def _shard_elements(shape: tuple[int, ...], axes: tuple[str | None, ...], mesh_sizes: dict[str, int]) -> int:
-    rules = dict(DEFAULT_RULES)
-    used: set[str] = set()
-    elements = 1
-    for size, name in zip(shape, axes):
-        target = rules.get(name) if name is not None else None
-        mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
-        mesh_axes = tuple(a for a in mesh_axes if a not in used and mesh_sizes[a] > 1)
-        divisor = math.prod(mesh_sizes[a] for a in mesh_axes)
-        if mesh_axes and size % divisor == 0:
-            used.update(mesh_axes)
-            size //= divisor
-        elements *= size
-    return elements
-
-
 def plan_memory(config: TrainRunConfig, device_count: int, kv_cache_context: int = 0) -> MemoryPlan:
     """The per-device memory plan of `config` on `device_count` devices (nothing is allocated)."""
-    from lwm.model.llama import LlamaModel
-
     model_config = config.model
     mesh_sizes = resolve_axis_sizes(config.mesh, device_count)
     abstract = nnx.eval_shape(lambda: LlamaModel(model_config, rngs=nnx.Rngs(0)))
@@ -114,7 +98,7 @@ def plan_memory(config: TrainRunConfig, device_count: int, kv_cache_context: int
     param_itemsize = np.dtype(model_config.param_dtype).itemsize if model_config.param_dtype != "bfloat16" else 2
     compute_itemsize = 4 if model_config.dtype == "float32" else 2
     count = sum(int(np.prod(v.shape)) for v in variables)
-    shard = sum(_shard_elements(tuple(v.shape), logical_axes_of(v), mesh_sizes) for v in variables)
+    shard = sum(math.prod(shard_shape(tuple(v.shape), logical_axes_of(v), mesh_sizes)) for v in variables)
 
     data = config.data
     batch_shards = mesh_sizes["dp"] * mesh_sizes["fsdp"]
@@ -166,8 +150,6 @@ def measured_train_step_bytes(config: TrainRunConfig) -> dict[str, Any]:
     Uses XLA's memory analysis of the real jitted step: arguments (state and batch), outputs
     aliased by donation, and temporaries.
     """
-    from lwm.train.setup import train_setup
-
     compiled = train_setup(config).compile()
     analysis = compiled.memory_analysis()
     return {
