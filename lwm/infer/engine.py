@@ -515,7 +515,7 @@ class Engine:
     def _produce(self, producing: list[_Slot]) -> None:
         """Chooses the next token of every slot in `producing` from the same logits."""
         logits_SV = self.model.logits(self.hidden_SE, "text")
-        chosen_S = np.asarray(jax.device_get(_argmax(logits_SV)))
+        chosen_S = np.array(jax.device_get(_argmax(logits_SV)))
         for slot in producing:
             run = slot.running
             params = run.handle.request.sampling

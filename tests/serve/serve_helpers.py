@@ -1,0 +1,71 @@
+"""Shared pieces of the server tests (imported as `serve_helpers`, a unique module name): a small
+random vision-language model, its engine and server state, and lwm's direct scoring."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from lwm.config import ModelConfig
+from lwm.config.vision import VisionVocab
+
+# A text vocabulary large enough for the project's tokenizer (2048 ids); grouped-query attention;
+# 16 VQ codes + <eof>/<eov> + 2 spare ids, 4 codes (2x2) per frame.
+MODEL = ModelConfig(
+    vocab_size=2048, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2,
+    max_seq_len=1024, rms_norm_eps=1e-6, vision_vocab_size=20,
+    vision=VisionVocab(codebook_size=16, tokens_per_frame=4),
+)
+CHUNK = 16  # prefill and key chunk
+SLOT_SIZE = 256
+SLOTS = 4
+
+
+def make_model(config: ModelConfig = MODEL, seed: int = 0):
+    """Random weights drawn by numpy (normal, std 0.02; norm scales 1): instant on a small CPU."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from lwm.model.params_io import abstract_model
+
+    model = abstract_model(config)
+    rng = np.random.default_rng(seed)
+    for path, variable in nnx.iter_graph(model):
+        if isinstance(variable, nnx.Variable):
+            shape = tuple(variable.shape)
+            value = np.ones(shape) if str(path[-1]) == "scale" else rng.normal(0.0, 0.02, shape)
+            variable.set_value(jnp.asarray(value, dtype=variable.dtype))
+    return model
+
+
+def make_vq(tmp_dir):
+    """A VQ tokenizer: 8x8 frames -> 2x2 = 4 codes from a 16-code codebook."""
+    from lwm.config.vq import VQModelConfig
+    from lwm.model.vqgan import init_vqgan
+    from lwm.model.vqgan_convert import load_vq_tokenizer, save_vq_checkpoint
+
+    config = VQModelConfig(resolution=8, hidden_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
+                           z_channels=8, codebook_size=16, codebook_dim=8, norm_num_groups=4)
+    return load_vq_tokenizer(save_vq_checkpoint(tmp_dir / "vq", init_vqgan(config, seed=0)))
+
+
+def serve_config(**serve_fields):
+    """A `ServeRunConfig` for the small model (the model itself is passed in, not loaded)."""
+    from lwm.config.infer import CacheConfig, LoadConfig
+    from lwm.config.serve import ServeRunConfig, ServerSection
+
+    section = dataclasses.replace(ServerSection(slots=SLOTS, queue_size=8, max_frames=4, video_frames=3,
+                                                max_body_bytes=2_000_000), **serve_fields)
+    return ServeRunConfig(load=LoadConfig(model="(in memory)"), serve=section,
+                          cache=CacheConfig(max_len=SLOT_SIZE, prefill_chunk=CHUNK, key_chunk=CHUNK))
+
+
+def direct_logprobs(model, ids) -> np.ndarray:
+    """log p(ids[i] | ids[:i]) for i >= 1 from one full forward pass of the model (no cache)."""
+    import jax
+    import jax.numpy as jnp
+
+    logits = model(jnp.asarray([list(ids)], jnp.int32)).astype(jnp.float32)
+    logprobs = np.asarray(jax.nn.log_softmax(logits, axis=-1))[0]
+    return np.asarray([logprobs[i - 1, ids[i]] for i in range(1, len(ids))])
