@@ -100,6 +100,65 @@ def save_model(model: LlamaModel, directory: str | Path) -> Path:
     return directory
 
 
+def params_template(config: ModelConfig) -> dict[str, Any]:
+    """The parameter dict of `config`'s model as `jax.ShapeDtypeStruct` leaves (no allocation),
+    with the key types `load_model` restores (layer indices are ints without `scan_layers`)."""
+    return params_dict(abstract_model(config))
+
+
+def fill_params(config: ModelConfig, flat: dict[tuple[str, ...], Any], source: str) -> dict[str, Any]:
+    """The parameter dict of `config`'s model with the arrays of `flat` (`{path of strings:
+    array}`), checking that every parameter is given once with its shape and dtype."""
+    template = params_template(config)
+    given = dict(flat)
+    missing: list[str] = []
+
+    def fill(node: Any, path: tuple[str, ...]) -> Any:
+        if isinstance(node, dict):
+            return {key: fill(value, path + (str(key),)) for key, value in node.items()}
+        if path not in given:
+            missing.append("/".join(path))
+            return None
+        array = given.pop(path)
+        if tuple(array.shape) != tuple(node.shape) or np.dtype(array.dtype) != np.dtype(node.dtype):
+            raise ValueError(f"{source}: {'/'.join(path)} is {array.dtype}{list(array.shape)}, the model "
+                             f"expects {np.dtype(node.dtype)}{list(node.shape)}")
+        return array
+
+    tree = fill(template, ())
+    if missing or given:
+        raise ValueError(f"{source}: parameter tree mismatch: missing {missing[:5]}, unexpected "
+                         f"{['/'.join(key) for key in list(given)[:5]]}")
+    return tree
+
+
+def save_params(config: ModelConfig, params: dict[str, Any], directory: str | Path) -> Path:
+    """Writes `model.yaml` and `params/` from a plain parameter dict (numpy or jax arrays in
+    the `params_template` layout), without building the model: converters hold one copy of
+    the weights. `directory` must not hold params yet."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    if (directory / PARAMS_DIR).exists():
+        raise FileExistsError(f"{directory / PARAMS_DIR} exists: choose an empty output directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory / PARAMS_DIR, params)
+    # The config is written last: a directory with model.yaml holds complete parameters.
+    save_config(config, directory / MODEL_CONFIG_FILE)
+    return directory
+
+
+def load_params_host(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """The config and the parameters of a model directory as host numpy arrays (one process,
+    no mesh): for converters that write the weights elsewhere."""
+    config = load_model_config(directory)
+    device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), params_template(config))
+    params = load_params_tree(directory, target, process_local=True)
+    return config, jax.tree.map(np.asarray, params)
+
+
 def load_params_tree(directory: str | Path, target: dict[str, Any] | None = None, *,
                      process_local: bool = False) -> dict[str, Any]:
     """Reads the parameter dict of a model directory (onto `target`'s shapes and shardings).

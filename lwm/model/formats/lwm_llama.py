@@ -128,6 +128,10 @@ def _to_lwm(kind: str, array: np.ndarray, config: ModelConfig) -> np.ndarray:
 
 
 def _cast(array: np.ndarray, dtype: Any) -> np.ndarray:
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        import ml_dtypes
+
+        dtype = ml_dtypes.bfloat16
     return np.ascontiguousarray(array.astype(np.dtype(dtype), copy=False))
 
 
