@@ -11,8 +11,11 @@ Tokenize videos and their text into a token store for training. The manifest is 
 object per line with a video path (a file PyAV reads: mp4, webm, gif, ...; or a folder of
 images) in `video_field` plus text fields. Frames are sampled, VQ-encoded with `vq_tokenizer`
 (a `lwm train-vq` run, a diffusers VQModel folder, or LWM's vqgan file), written as LWM-format
-JSONL to `codes_path`, then tokenized by the `data` section's field template. Interrupted runs
-resume; unreadable files are listed and skipped when data.on_bad_record is skip.
+JSONL to `codes_path`, then tokenized by the `data` section's field template: with the preset
+each video gives two examples, `[vision],caption` (video to caption) and its mirror
+`[caption],vision` (caption to video), so both carry loss. Interrupted runs resume; bad
+manifest lines and unreadable files are listed and skipped when data.on_bad_record is skip.
+Output paths are checked before any video is read.
 
 examples:
   lwm tokenize --config configs/data/tokenize_videos.yaml
@@ -24,12 +27,16 @@ examples:
 def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     from lwm.config import ConfigError, load_config
     from lwm.config.tokenize import TokenizeConfig
-    from lwm.train.tokenize import tokenize_videos
+    from lwm.data.tokenize_job import check_outputs, tokenize_videos
 
     if args.config is None and not overrides:
         raise ConfigError("lwm tokenize needs --config PATH or the fields as overrides")
     config = load_config(TokenizeConfig, args.config, overrides)
-    print(tokenize_videos(config).describe())
+    check_outputs(config)  # before loading the VQ model: a wrong path fails at once
+    from lwm.model.vqgan_convert import load_vq_tokenizer
+
+    vq = load_vq_tokenizer(config.vq_tokenizer, batch_size=config.vq_batch_size)
+    print(tokenize_videos(config, vq).describe())
     return 0
 
 

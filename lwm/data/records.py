@@ -12,18 +12,23 @@ Three input formats (`data.format`):
 A bad record (malformed JSON, missing field, ids outside the vocabulary, an empty example, a
 vision field that is not whole frames) raises `BadRecordError` naming file, line and reason, or
 under `on_bad_record: skip` is counted in a `BadRecordReport` (reason → count, first examples).
+
+One record can give several examples: `tokenize_to_store(..., segment_sets=...)` renders each
+record once per field template (e.g. a captioned video as `[caption],vision` for
+caption→video and `[vision],caption` for video→caption, see `mirrored_segments`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from lwm.config.data import DataConfig, FieldSegment
+from lwm.config.data import DataConfig, FieldSegment, parse_field_template
 from lwm.config.loading import ConfigError
 from lwm.data.store import StoreError, TokenExample, TokenStoreWriter
 from lwm.errors import LwmError
@@ -224,17 +229,45 @@ def _field(record: dict[str, Any], name: str) -> Any:
     return record[name]
 
 
-class ExampleEncoder:
-    """Turns one parsed JSONL record into a `TokenExample` per the data config.
+def mirrored_segments(segments: Sequence[FieldSegment]) -> tuple[FieldSegment, ...]:
+    """The template read backwards with the loss pattern kept by position.
 
-    Raises `RecordProblem` (reason + detail) for a bad record; the caller adds file and line.
+    `[vision],caption` (video→caption: the video is given, the caption is learned) becomes
+    `[caption],vision` (caption→video), and the other way round.
+    """
+    losses = [segment.loss for segment in segments]
+    return tuple(FieldSegment(field=segment.field, loss=loss, kind=segment.kind)
+                 for segment, loss in zip(reversed(segments), losses))
+
+
+def render_template(segments: Sequence[FieldSegment]) -> str:
+    """LWM's template string of typed segments (`[vision],caption`)."""
+    return ",".join(segment.field if segment.loss else f"[{segment.field}]" for segment in segments)
+
+
+def segments_of(template: str, config: DataConfig) -> tuple[FieldSegment, ...]:
+    """Typed segments of a field template string, with the config's vision field."""
+    return parse_field_template(template, config.vision_field)
+
+
+class ExampleEncoder:
+    """Turns one parsed JSONL record into `TokenExample`s per the data config.
+
+    `segment_sets` renders each record once per template (default: the config's one template);
+    `encode_all` returns them all, calling the encoder returns the first. Raises
+    `RecordProblem` (reason + detail) for a bad record; the caller adds file and line.
     """
 
-    def __init__(self, config: DataConfig, tokenizer: TextTokenizer) -> None:
+    def __init__(self, config: DataConfig, tokenizer: TextTokenizer,
+                 segment_sets: Sequence[Sequence[FieldSegment]] | None = None) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.text_vocab_size = resolve_text_vocab_size(config, tokenizer)
-        self.segments: tuple[FieldSegment, ...] = config.resolved_segments()
+        self.segment_sets = tuple(tuple(segments) for segments in
+                                  (segment_sets or (config.resolved_segments(),)))
+        if config.format == "chat" and len(self.segment_sets) > 1:
+            raise ConfigError("several field templates apply to field records, not data.format=chat")
+        self.segments: tuple[FieldSegment, ...] = self.segment_sets[0]
         for name in ("bos_id", "eos_id", "vision_start_id", "vision_end_id"):
             value = getattr(tokenizer, name, None)
             if value is None or not 0 <= int(value) < self.text_vocab_size:
@@ -242,20 +275,24 @@ class ExampleEncoder:
                                   f"vocabulary [0, {self.text_vocab_size})")
 
     def __call__(self, record: Any) -> TokenExample:
+        return self.encode_all(record)[0]
+
+    def encode_all(self, record: Any) -> list[TokenExample]:
+        """One example per template; a problem with any of them makes the whole record bad."""
         if not isinstance(record, dict):
             raise RecordProblem("not_an_object", f"expected a JSON object, got {type(record).__name__}")
         if self.config.format == "chat":
             from lwm.data.chat import encode_chat_record
 
-            return encode_chat_record(record, self.config, self.tokenizer, self.text_vocab_size)
-        return self._encode_fields(record)
+            return [encode_chat_record(record, self.config, self.tokenizer, self.text_vocab_size)]
+        return [self._encode_fields(record, segments) for segments in self.segment_sets]
 
-    def _encode_fields(self, record: dict[str, Any]) -> TokenExample:
+    def _encode_fields(self, record: dict[str, Any], segments: Sequence[FieldSegment]) -> TokenExample:
         config, tokenizer = self.config, self.tokenizer
         builder = TokenBuilder()
         if config.add_bos:
             builder.add_text([tokenizer.bos_id], False, content=False)
-        for segment in self.segments:
+        for segment in segments:
             if segment.field == "<|bos|>":
                 builder.add_text([tokenizer.bos_id], segment.loss, content=False)
             elif segment.field == "<|eos|>":
@@ -313,13 +350,31 @@ def iter_examples(
     """Yields (file index, line, example) for every good record of the JSONL files.
 
     Bad records raise `BadRecordError`, or under `on_bad_record='skip'` go into `report`.
-    `start=(file index, line)` resumes inside the file list.
+    `start=(file index, line)` resumes inside the file list. A record rendered with several
+    templates yields one item per example, all with its line.
     """
+    for file_index, line, examples in iter_record_examples(
+            paths, encoder, on_bad_record=on_bad_record, report=report, start=start):
+        for example in examples:
+            yield file_index, line, example
+
+
+def iter_record_examples(
+    paths: Sequence[str | Path],
+    encoder: ExampleEncoder,
+    *,
+    on_bad_record: str = "error",
+    report: BadRecordReport | None = None,
+    start: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[int, int, list[TokenExample]]]:
+    """Like `iter_examples`, with each good record's examples together in one list."""
     if on_bad_record not in ("error", "skip"):
         raise ConfigError(f"on_bad_record={on_bad_record!r}: use 'error' or 'skip'")
     report = report if report is not None else BadRecordReport()
     for file_index in range(start[0], len(paths)):
         path = paths[file_index]
+        if Path(path).is_dir():
+            raise ConfigError(f"data file {path} is a directory (data.paths): list JSONL files")
         if not Path(path).is_file():
             raise FileNotFoundError(f"data file {path} does not exist (data.paths)")
         first = start[1] if file_index == start[0] else 1
@@ -329,7 +384,7 @@ def iter_examples(
                 if isinstance(value, BadRecordError):
                     raise value
                 try:
-                    example = encoder(value)
+                    examples = encoder.encode_all(value)
                 except RecordProblem as problem:
                     raise BadRecordError(path, line, problem.reason, problem.detail) from None
             except BadRecordError as error:
@@ -337,7 +392,7 @@ def iter_examples(
                     raise
                 report.add(error)
                 continue
-            yield file_index, line, example
+            yield file_index, line, examples
 
 
 def tokenize_to_store(
@@ -350,12 +405,14 @@ def tokenize_to_store(
     overwrite: bool = False,
     show_progress: bool = True,
     flush_tokens: int | None = None,
+    segment_sets: Sequence[Sequence[FieldSegment]] | None = None,
 ) -> BadRecordReport:
     """Tokenizes JSONL files into a token store; resumes an interrupted run.
 
     With `resume` and an existing store whose recorded inputs match, reading continues after
     the last committed record (the store commits its position with every shard). Returns the
-    bad-record report (also stored in the metadata under `bad_records`).
+    bad-record report (also stored in the metadata under `bad_records`). `segment_sets` makes
+    one example per template from each record (their templates are kept in the metadata).
     """
     paths = [str(p) for p in (paths if paths is not None else config.paths)]
     store_path = Path(store_path if store_path is not None else config.store_path)
@@ -363,11 +420,17 @@ def tokenize_to_store(
         raise ConfigError("data.paths is empty: list the JSONL files to tokenize")
     if not str(store_path) or str(store_path) == ".":
         raise ConfigError("data.store_path is empty: name the directory for the token store")
-    encoder = ExampleEncoder(config, tokenizer)
+    encoder = ExampleEncoder(config, tokenizer, segment_sets)
+    templates = [render_template(segments) for segments in encoder.segment_sets]
+    vocabulary = {"text_vocab_size": encoder.text_vocab_size,
+                  "vision_vocab_size": config.vision_vocab_size if config.format != "text" else 0,
+                  "codebook_size": config.codebook_size, "tokens_per_frame": config.tokens_per_frame}
     extra = {"flush_tokens": flush_tokens} if flush_tokens else {}
     start, report = (0, 1), BadRecordReport(config.bad_record_examples)
+    check_store_path(store_path, overwrite=overwrite)
     if resume and not overwrite and store_path.exists():
         writer = TokenStoreWriter.open(store_path, **extra)
+        check_same_vocabulary(store_path, writer.metadata, vocabulary, config.format)
         progress = writer.progress or {}
         if progress.get("paths") != paths:
             raise StoreError(
@@ -382,10 +445,10 @@ def tokenize_to_store(
     else:
         writer = TokenStoreWriter.create(
             store_path, tokenizer_name=tokenizer_name(tokenizer),
-            text_vocab_size=encoder.text_vocab_size,
-            vision_vocab_size=config.vision_vocab_size if config.format != "text" else 0,
+            text_vocab_size=vocabulary["text_vocab_size"],
+            vision_vocab_size=vocabulary["vision_vocab_size"],
             metadata={"format": config.format, "codebook_size": config.codebook_size,
-                      "tokens_per_frame": config.tokens_per_frame},
+                      "tokens_per_frame": config.tokens_per_frame, "templates": templates},
             overwrite=overwrite, **extra)
     position = {"file_index": start[0], "line": start[1]}
 
@@ -396,13 +459,46 @@ def tokenize_to_store(
     from tqdm import tqdm
 
     bar = tqdm(desc="tokenizing", unit=" records", disable=not show_progress)
-    for file_index, line, example in iter_examples(paths, encoder, on_bad_record=config.on_bad_record,
-                                                   report=report, start=start):
+    for file_index, line, examples in iter_record_examples(
+            paths, encoder, on_bad_record=config.on_bad_record, report=report, start=start):
         position.update(file_index=file_index, line=line + 1)
-        writer.append(example)
+        writer.append_all(examples)
         bar.update(1)
     bar.close()
     writer.set_progress({"paths": paths, "file_index": len(paths), "line": 1, "complete": True})
     writer.update_metadata(bad_records=report.to_dict())
     writer.close()
     return report
+
+
+def check_store_path(store_path: Path, *, overwrite: bool) -> None:
+    """Refuses, before any work, a store path that cannot become a token store.
+
+    A file (even with overwrite: only a store directory is ever replaced), a directory that
+    holds something other than a store, or a place where nothing can be written.
+    """
+    if store_path.is_file():
+        raise StoreError(f"data.store_path {store_path} is an existing file: name a directory "
+                         f"for the token store")
+    if store_path.is_dir() and any(store_path.iterdir()) and not (store_path / "store.json").is_file():
+        raise StoreError(f"data.store_path {store_path} is a directory that is not a token store "
+                         f"(no store.json): name a new or empty directory")
+    ancestor = store_path if store_path.exists() else store_path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StoreError(f"data.store_path {store_path}: cannot write in {ancestor} "
+                         f"(permission denied or not a directory)")
+
+
+def check_same_vocabulary(store_path: Path, metadata: dict[str, Any], vocabulary: dict[str, int],
+                          data_format: str) -> None:
+    """An existing store being added to must hold ids of the same vocabularies as the config."""
+    checks = ["text_vocab_size"] + (["codebook_size", "tokens_per_frame"] if data_format != "text" else [])
+    for name in checks:
+        stored = metadata.get(name)
+        if stored is not None and int(stored) != int(vocabulary[name]):
+            raise StoreError(
+                f"{store_path} holds {name}={stored} but this run gives {vocabulary[name]} "
+                f"(data.{name} / the tokenizer): use the store's, or rebuild it with --overwrite true"
+            )

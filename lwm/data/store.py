@@ -228,6 +228,8 @@ class TokenStoreWriter:
         path = Path(path)
         if path.is_file():
             raise StoreError(f"{path} is a file: name a new directory for the token store")
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()  # an empty directory (made for the store) holds nothing to lose
         if path.exists():
             if not overwrite:
                 raise StoreError(
@@ -308,6 +310,20 @@ class TokenStoreWriter:
             raise ValueError("TokenStoreWriter.append: an example must hold at least one token")
         self._buffer.append(example)
         self._buffered_tokens += len(example)
+        if self._buffered_tokens >= self._flush_tokens:
+            self.flush()
+
+    def append_all(self, examples: Sequence[TokenExample]) -> None:
+        """Buffers several examples as one unit: a shard never holds only some of them.
+
+        For producers that make several examples from one input record and commit their
+        position after the record (a resumed run then neither loses nor repeats any of them).
+        """
+        for example in examples:
+            if len(example) == 0:
+                raise ValueError("TokenStoreWriter.append: an example must hold at least one token")
+        self._buffer.extend(examples)
+        self._buffered_tokens += sum(len(example) for example in examples)
         if self._buffered_tokens >= self._flush_tokens:
             self.flush()
 
