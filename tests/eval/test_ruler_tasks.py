@@ -157,14 +157,13 @@ def _settings(tasks, **changes):
 def test_oracle_scores_100_and_blind_about_0(tokenizer, qa_datasets, tmp_path):
     tasks = list(TASKS)
     oracle = run_ruler(OracleReader(tokenizer), tokenizer, _settings(tasks), tmp_path / "oracle",
-                       essay=generated_essay(0), qa_datasets=qa_datasets, progress=False)
+                       essay=generated_essay(0), qa_datasets=qa_datasets, progress=False, heatmaps=False)
     assert oracle.table["scores"] == {task: [100.0] for task in tasks}, oracle.table["scores"]
     blind = run_ruler(blind_reader, tokenizer, _settings(tasks), tmp_path / "blind",
-                      essay=generated_essay(0), qa_datasets=qa_datasets, progress=False)
+                      essay=generated_essay(0), qa_datasets=qa_datasets, progress=False, heatmaps=False)
     assert blind.table["avg"] < 5.0
     text = format_table(oracle.table)
     assert "| niah_single_1 | 100.0 | 100.0 |" in text and "wAvg (inc) 100.0" in text
-    assert set(oracle.heatmaps) == set(tasks) - {"cwe", "fwe"}  # aggregation tasks have no depth
 
 
 def test_summary_with_missing_cells():

@@ -132,11 +132,12 @@ def run_ruler(
     qa_datasets: dict[str, QADataset] | None = None,
     progress: bool = True,
     max_new_items: int | None = None,
+    heatmaps: bool = True,
 ) -> RulerReport:
     """Runs (or resumes) the grid `settings.tasks x settings.lengths x settings.samples`.
 
     `essay` is the essay haystack's text. `max_new_items` stops after that many new items (the
-    rest are left for a rerun).
+    rest are left for a rerun); `heatmaps=False` skips the PNGs.
     """
     output_dir = Path(output_dir if output_dir is not None else settings.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -178,10 +179,10 @@ def run_ruler(
     _write_json(output_dir / SUMMARY_FILE, table)
     table_path = output_dir / TABLE_FILE
     table_path.write_text(format_table(table))
-    heatmaps = {}
-    for task in settings.tasks:
+    plots = {}
+    for task in settings.tasks if heatmaps else ():
         path = plot_task_heatmap(chosen, task, output_dir / f"heatmap_{task}.png")
         if path is not None:
-            heatmaps[task] = path
-    return RulerReport(results, table, results_path, table_path, heatmaps, len(todo), len(done),
+            plots[task] = path
+    return RulerReport(results, table, results_path, table_path, plots, len(todo), len(done),
                        context.essay.repeats)
