@@ -1,1 +1,2 @@
-"""Evaluation: needle-in-a-haystack retrieval (`lwm.eval.needle`)."""
+"""Evaluation: LWM's needle in a haystack (`lwm.eval.needle`), RULER's long-context task suite
+(`lwm.eval.ruler`) and the video needle V-NIAH (`lwm.eval.vniah`)."""
