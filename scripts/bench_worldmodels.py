@@ -58,7 +58,7 @@ def bench_dream(args: argparse.Namespace, z_size: int, hidden: int, action_dim: 
 def bench_env(name: str, steps: int) -> dict | None:
     """Bare environment steps per second with random actions (None when not installed)."""
     from lwm.config import ConfigError
-    from lwm.worldmodels.config import EnvConfig
+    from lwm.config.worldmodels import EnvConfig
     from lwm.worldmodels.envs import RandomPolicy, make_env
 
     try:
@@ -86,7 +86,7 @@ def bench_agent(name: str, batch: int, steps: int, z_size: int, hidden: int) -> 
     import tempfile
 
     from lwm.config import ConfigError
-    from lwm.worldmodels.config import EnvConfig, WorldModelsConfig
+    from lwm.config.worldmodels import EnvConfig, WorldModelsConfig
     from lwm.worldmodels.controller import ControllerSpec, LockstepRunner
     from lwm.worldmodels.mdnrnn import init_mdnrnn
     from lwm.worldmodels.vae import init_vae
@@ -112,8 +112,8 @@ def bench_agent(name: str, batch: int, steps: int, z_size: int, hidden: int) -> 
 
 def bench_cmaes(dim: int, population: int, diagonal: bool, repeats: int) -> dict:
     """Seconds per CMA-ES generation (ask + tell) without evaluation."""
+    from lwm.config.worldmodels import ControllerConfig
     from lwm.worldmodels.cmaes import make_strategy
-    from lwm.worldmodels.config import ControllerConfig
 
     strategy = make_strategy(dim, ControllerConfig(population=population, diagonal=diagonal))
     rng = np.random.default_rng(0)

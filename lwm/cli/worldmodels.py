@@ -42,7 +42,7 @@ STAGE_HELP = {
 
 def _load(args: argparse.Namespace, overrides: list[str]):
     from lwm.config import load_config
-    from lwm.worldmodels.config import WorldModelsConfig
+    from lwm.config.worldmodels import WorldModelsConfig
 
     overrides = list(overrides)
     if getattr(args, "dream", False):

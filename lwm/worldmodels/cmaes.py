@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lwm.worldmodels.config import ControllerConfig
+from lwm.config.worldmodels import ControllerConfig
 
 Objective = Callable[[np.ndarray, int], np.ndarray]  # (candidates [P, N], generation) → returns [P]
 Evaluate = Callable[[np.ndarray, int], float]  # (θ [N], generation) → mean return

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from lwm.config.worldmodels import WorldModelsConfig
 from lwm.worldmodels import checkpoint
-from lwm.worldmodels.config import WorldModelsConfig
 
 _WORKER: dict[str, Any] = {}
 # Jitted policy steps per (environment, controller shape, sample_z), and the largest batch each

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from lwm.config import ConfigError
-from lwm.worldmodels.config import ENV_ACTION_DIM, GYM_IDS, EnvConfig
+from lwm.config.worldmodels import ENV_ACTION_DIM, GYM_IDS, EnvConfig
 
 FRAME_SIZE = 64
 CARRACING_KEEP_ROWS = 84  # rows 84..95 of CarRacing's 96×96 frame are the dashboard

@@ -29,8 +29,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from lwm.config.worldmodels import WorldModelsConfig
 from lwm.worldmodels import checkpoint
-from lwm.worldmodels.config import WorldModelsConfig
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 

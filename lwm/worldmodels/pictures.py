@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lwm.worldmodels.config import WorldModelsConfig
+from lwm.config.worldmodels import WorldModelsConfig
 
 SCALE = 4  # 64×64 frames are enlarged so that they can be seen
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lwm.worldmodels.config import WorldModelsConfig
+from lwm.config.worldmodels import WorldModelsConfig
 
 # Seed ranges kept apart so that training, checkpoint evaluation and final evaluation never
 # replay the same environment episodes.

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lwm.worldmodels.config import EnvConfig, WorldModelsConfig
+from lwm.config.worldmodels import EnvConfig, WorldModelsConfig
 from lwm.worldmodels.envs import RandomPolicy, make_env
 
 MANIFEST = "manifest.jsonl"

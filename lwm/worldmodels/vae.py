@@ -30,8 +30,8 @@ import optax
 from flax import nnx
 
 from lwm.config import ConfigError
+from lwm.config.worldmodels import VaeConfig, WorldModelsConfig
 from lwm.worldmodels import checkpoint
-from lwm.worldmodels.config import VaeConfig, WorldModelsConfig
 from lwm.worldmodels.rollouts import episode_paths, load_episode, write_npz_atomic
 
 ENCODER_CHANNELS = (32, 64, 128, 256)

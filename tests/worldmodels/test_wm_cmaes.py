@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
+from lwm.config.worldmodels import ControllerConfig
 from lwm.worldmodels.cmaes import evolve
-from lwm.worldmodels.config import ControllerConfig
 from lwm.worldmodels.controller import ControllerSpec
 
 

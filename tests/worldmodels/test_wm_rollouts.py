@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lwm.config import ConfigError, load_config
-from lwm.worldmodels.config import CollectConfig, EnvConfig, WorldModelsConfig
+from lwm.config.worldmodels import CollectConfig, EnvConfig, WorldModelsConfig
 from lwm.worldmodels.envs import RandomPolicy, env_action, make_env, model_action_from_tanh, preprocess_frame
 from lwm.worldmodels.rollouts import collect, episode_file, load_episode, read_manifest
 
@@ -74,7 +74,7 @@ def test_collection_writes_shards_and_a_manifest_and_skips_finished_seeds(tmp_pa
 def test_a_killed_collection_loses_only_the_episodes_in_flight(tmp_path):
     config = fake_config(tmp_path, name="fake-carracing", episodes=40, max_steps=150)
     script = (
-        "from lwm.worldmodels.config import *\n"
+        "from lwm.config.worldmodels import *\n"
         "from lwm.worldmodels.rollouts import collect\n"
         f"collect(WorldModelsConfig(run_dir={config.run_dir!r}, env=EnvConfig(name='fake-carracing', max_steps=150),"
         " collect=CollectConfig(episodes=40, workers=0, policy='brownian')), progress=False)\n"

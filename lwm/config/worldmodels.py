@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from lwm.config import ConfigError
+from lwm.config.errors import ConfigError
 
 EnvName = Literal["carracing", "takecover", "fake-carracing", "fake-takecover"]
 Policy = Literal["random", "brownian"]
