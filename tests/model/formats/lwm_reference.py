@@ -159,18 +159,26 @@ class LwmForCausalLM(nn.Module):
 
 
 def init_lwm_llama(shape: dict, scan_layers: bool, seed: int = 0, seq: int = 4) -> dict:
-    """LWM's parameter tree `{'params': {...}}` for `shape`, as `module.init` returns it."""
+    """LWM's parameter tree `{'params': {...}}` for `shape`: the names and shapes `module.init`
+    gives (by `jax.eval_shape`, nothing computed), filled from numpy (normal(0, 0.02) weights,
+    norm weights 1 + noise so that a swapped norm would show in the logits)."""
     module = LwmForCausalLM(shape, scan_layers)
     ids = jnp.zeros((1, seq), jnp.int32)
-    variables = module.init(jax.random.key(seed), ids, jnp.zeros((1, seq), bool), jnp.arange(seq)[None])
-    # Random norm weights too, so that a swapped norm would show in the logits.
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, x: x + 0.1 * jax.random.normal(jax.random.key(hash(str(path)) % 2**31), x.shape)
-        if "norm" in str(path) or "ln_f" in str(path) else x, variables["params"])
-    return {"params": jax.tree.map(np.asarray, params)}
+    abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), ids, jnp.zeros((1, seq), bool),
+                                                  jnp.arange(seq)[None]))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        names = "/".join(str(getattr(part, "key", part)) for part in path)
+        if "norm" in names or "ln_f" in names:
+            return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        return (0.02 * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    return {"params": jax.tree_util.tree_map_with_path(fill, abstract["params"])}
 
 
 def lwm_logits(shape: dict, params: dict, ids, vision_mask, scan_layers: bool):
     """LWM's (vision logits, text logits) for `ids` with positions 0..T-1."""
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-    return LwmForCausalLM(shape, scan_layers).apply(params, jnp.asarray(ids), jnp.asarray(vision_mask), positions)
+    apply = jax.jit(LwmForCausalLM(shape, scan_layers).apply)
+    return apply(params, jnp.asarray(ids), jnp.asarray(vision_mask), positions)

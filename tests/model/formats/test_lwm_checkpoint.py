@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import flax.serialization
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import msgpack
@@ -110,7 +111,7 @@ def test_converted_model_gives_lwm_logits(tmp_path, file_scanned, model_scanned)
     vision = np.zeros_like(ids, bool)
     vision[0, 5:15] = True
     want_vision, want_text = lwm_logits(SHAPE, tree, ids, vision, file_scanned)
-    text, vision_logits = model.logits_both_heads(jnp.asarray(ids), input_is_vision_BT=jnp.asarray(vision))
+    text, vision_logits = _our_logits(model, ids, vision)
     np.testing.assert_allclose(np.asarray(text), np.asarray(want_text), atol=1e-4, rtol=0)
     np.testing.assert_allclose(np.asarray(vision_logits), np.asarray(want_vision), atol=1e-4, rtol=0)
     # Without the q/k permutation the logits would differ: the test can fail.
@@ -126,8 +127,21 @@ def test_text_model_logits(tmp_path):
     out = jax_to_lwm(tmp_path / "params", tmp_path / "model", our_config(vision_vocab_size=0), progress=False)
     ids = np.arange(10, dtype=np.int32)[None] * 5 % 64
     _, want = lwm_logits(shape, tree, ids, np.zeros_like(ids, bool), True)
-    got = lwm.load_model(str(out))(jnp.asarray(ids))
+    got, _ = _our_logits(lwm.load_model(str(out)), ids, None)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=0)
+
+
+def _our_logits(model, ids, vision):
+    """Our model's (text, vision) logits, compiled once (eager dispatch is slow on CPU)."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, ids, vision):
+        return nnx.merge(graphdef, state).logits_both_heads(ids, input_is_vision_BT=vision)
+
+    return run(state, jnp.asarray(ids), None if vision is None else jnp.asarray(vision))
 
 
 @pytest.mark.parametrize("scan", [True, False])
