@@ -39,8 +39,11 @@ def _run_train(args: argparse.Namespace, overrides: list[str]) -> int:
         results = train(config)
     finally:
         distributed.shutdown()
+    if not results:
+        print(f"train: nothing to train: every stage in {config.logging.output_dir} is finished "
+              f"(raise train.steps to continue)")
     for result in results:
-        state = "preempted, resume by rerunning" if result.preempted else f"model in {result.model_dir}"
+        state = result.stop_note if result.preempted else f"model in {result.model_dir}"
         print(f"{result.name or 'train'}: step {result.steps}, loss {result.final_metrics.get('loss', float('nan')):.4f}, {state}")
     return 0
 

@@ -1,8 +1,12 @@
-"""Multi-host start-up through `jax.distributed` (never a home-made launcher)."""
+"""Multi-host start-up through `jax.distributed` (never a home-made launcher), host barriers and
+the agreed preemption step.
+"""
 
 from __future__ import annotations
 
 import jax
+from jax.experimental import multihost_utils
+from orbax.checkpoint import multihost
 
 from lwm.config import DistributedConfig
 
@@ -49,3 +53,23 @@ def shutdown() -> None:
 def is_main_process() -> bool:
     """Whether this is process 0 (the one that prints and writes logs)."""
     return jax.process_index() == 0
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+    """Waits until every process of the job reaches the barrier `name` (a no-op alone).
+
+    The barrier runs through the coordination service (host only: it does not queue behind
+    device work). `name` must be unique per use and the same on every process.
+    """
+    if jax.process_count() > 1:
+        multihost.sync_global_processes(name, timeout=timeout_s)
+
+
+def preemption_agreed(step: int) -> bool:
+    """Whether every process has agreed to stop and save at `step` after a preemption notice.
+
+    Multi-process jobs only (JAX's preemption service, which listens for SIGTERM on every
+    process and picks one step all of them reach); call it at every step with the same step
+    numbers on every process. Single-process jobs watch signals themselves (`lwm.train.hooks`).
+    """
+    return jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step)

@@ -14,14 +14,19 @@ MFU = achieved FLOPs per second / (peak FLOPs per second per device × devices).
 from __future__ import annotations
 
 import json
+import os
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
 from lwm.config import ModelConfig
+from lwm.paths import as_path, is_url
+
+# A URL's file cannot be appended to (object stores replace whole objects): it is rewritten
+# with every record held so far, at most this often, and on close.
+URL_FLUSH_SECONDS = 60.0
 
 
 def matmul_parameters(config: ModelConfig) -> int:
@@ -71,21 +76,28 @@ def machine_peak_flops(peak_tflops_per_device: float) -> float:
 
 
 class MetricsWriter:
-    """Writes one record per logged step to `metrics.jsonl`, and to TensorBoard / W&B if enabled."""
+    """Writes one record per logged step to `metrics.jsonl`, and to TensorBoard / W&B if enabled.
 
-    def __init__(self, output_dir: str | Path, *, tensorboard: bool = False, wandb_project: str = "",
+    `output_dir` may be a local path or a URL (`gs://bucket/run`).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, *, tensorboard: bool = False, wandb_project: str = "",
                  run_config: dict[str, Any] | None = None, enabled: bool = True):
         self.enabled = enabled
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path = as_path(output_dir) / "metrics.jsonl"
         self._tensorboard = None
         self._wandb = None
+        self._url_lines: list[str] | None = None
+        self._url_flushed = 0.0
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if is_url(self.path):
+            self._url_lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tensorboard = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+            self._tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
         if wandb_project:
             try:
                 import wandb
@@ -101,22 +113,34 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"step": step, **{key: float(value) for key, value in metrics.items()}}
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if self._url_lines is None:
+            with self.path.open("a") as handle:
+                handle.write(line)
+        else:
+            self._url_lines.append(line)
+            if time.monotonic() - self._url_flushed >= URL_FLUSH_SECONDS:
+                self._flush_url()
         if self._tensorboard is not None:
             for key, value in metrics.items():
                 self._tensorboard.add_scalar(key, float(value), step)
         if self._wandb is not None:
             self._wandb.log(record, step=step)
 
+    def _flush_url(self) -> None:
+        self.path.write_text("".join(self._url_lines or []))
+        self._url_flushed = time.monotonic()
+
     def close(self) -> None:
         """Flushes and closes the optional writers."""
+        if self._url_lines is not None:
+            self._flush_url()
         if self._tensorboard is not None:
             self._tensorboard.close()
         if self._wandb is not None:
             self._wandb.finish()
 
 
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """The records of a `metrics.jsonl`."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
+    """The records of a `metrics.jsonl` (a local path or a URL)."""
+    return [json.loads(line) for line in as_path(path).read_text().splitlines() if line.strip()]
