@@ -73,7 +73,19 @@ def resolve_axis_sizes(config: MeshConfig, device_count: int) -> dict[str, int]:
 def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """Builds the `(dp, fsdp, tp, sp)` mesh from config with automatic (not explicit) sharding."""
     devices = list(devices if devices is not None else jax.devices())
-    sizes = resolve_axis_sizes(config, len(devices))
+    try:
+        sizes = resolve_axis_sizes(config, len(devices))
+    except ConfigError as error:
+        if devices and all(device.platform == "cpu" for device in devices):
+            # One CPU is one device unless JAX is told otherwise before it starts.
+            wanted = math.prod(size for size in config.sizes().values() if size != -1)
+            raise ConfigError(
+                f"{error}. On CPU, get {wanted} fake devices with "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={wanted} in the environment, "
+                f"or jax.config.update('jax_num_cpu_devices', {wanted}) before JAX starts "
+                f"(inference configs: cpu_devices: {wanted})"
+            ) from None
+        raise
     shape = tuple(sizes[name] for name in MESH_AXES)
     device_grid = np.asarray(devices).reshape(shape)
     return Mesh(device_grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))

@@ -21,7 +21,7 @@ devices, so long videos spread over many devices.
 
 examples:
   lwm chat --config configs/infer/chat-tiny.yaml --model runs/tiny/model --question "Hello?"
-  lwm chat --config configs/infer/chat-7b.yaml --model ckpt/lwm-7b-1m --load.vq ckpt/vqgan \\
+  lwm chat --config configs/infer/chat-7b-1m.yaml --model ckpt/lwm-7b-1m --load.vq ckpt/vqgan \\
       --video clip.mp4 --question "What happens in this video?"
   lwm chat --config configs/infer/chat-tiny.yaml --model runs/tiny/model --interactive \\
       --sampling.temperature 0.7 --sampling.top_p 0.9
