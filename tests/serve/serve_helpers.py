@@ -66,6 +66,35 @@ def direct_logprobs(model, ids) -> np.ndarray:
     import jax
     import jax.numpy as jnp
 
-    logits = model(jnp.asarray([list(ids)], jnp.int32)).astype(jnp.float32)
+    # Right-padded to a multiple of 64 (causal: padding after the tokens changes none of them), so
+    # prompts of different lengths share one compiled forward pass.
+    padded = list(ids) + [0] * (-len(ids) % 64)
+    logits = _forward(model, jnp.asarray([padded], jnp.int32)).astype(jnp.float32)
     logprobs = np.asarray(jax.nn.log_softmax(logits, axis=-1))[0]
     return np.asarray([logprobs[i - 1, ids[i]] for i in range(1, len(ids))])
+
+
+def _forward(model, ids_BT):
+    import jax
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    return _lazy_jit()(graphdef, state, ids_BT)
+
+
+def _jitted_forward_impl(graphdef, state, ids_BT):
+    from flax import nnx
+
+    return nnx.merge(graphdef, state)(ids_BT)
+
+
+_jitted_forward = None
+
+
+def _lazy_jit():
+    import jax
+
+    global _jitted_forward
+    if _jitted_forward is None:
+        _jitted_forward = jax.jit(_jitted_forward_impl, static_argnums=(0,))
+    return _jitted_forward
