@@ -316,40 +316,63 @@ def caption(simulation: Simulation) -> str:
     return text[0].upper() + text[1:]
 
 
+# What each question kind needs from the video: one frame (what is there) or time (what happens).
+QUESTION_KINDS: dict[str, str] = {
+    "count": "one frame",
+    "colour_present": "one frame",
+    "shape_of_colour": "one frame",
+    "direction": "time",
+    "first_wall_side": "time",
+    "first_wall_colour": "time",
+    "collision": "time",
+}
+
+
 def make_questions(simulation: Simulation, rng: np.random.Generator,
                    config: SyntheticWorldConfig) -> tuple[list[QA], list[str]]:
     """Question/answer pairs about `simulation` and the kinds that could not be asked.
 
-    Kinds: `count`, `direction` (a shape's first step), `first_wall_colour`,
-    `first_wall_shape` (which of two shapes hits a wall first), `first_wall_side` and
-    `collision` (two or more shapes). A kind is skipped when its answer is not well defined
-    (no wall hit, a tie, a bounce in the first step).
+    One-frame kinds (any single frame answers them): `count` (how many shapes),
+    `colour_present` (is there a shape of a colour: yes for a colour drawn from the video's,
+    no for one drawn from the others, each half the time) and `shape_of_colour` (is the
+    {colour} shape a square or a circle). Kinds that need time: `direction` (a shape's first
+    step), `first_wall_side`, `first_wall_colour` and `collision` (two or more shapes).
+
+    Text priors cannot answer them: every kind's answers are balanced over the world (counts,
+    kinds, directions and walls by symmetry of the draws, yes/no by construction), and the
+    question's words name nothing that predicts its answer (one text for every answer of
+    `count`, `first_wall_colour` and `collision`; the colour or shape a question names is drawn
+    independently of the answer). A kind is skipped when its answer is not well defined (no
+    wall hit, a tie, a bounce in the first step).
     """
     shapes, count = simulation.shapes, len(simulation.shapes)
     checks = _checks(simulation, None)
     qa: list[QA] = []
     skipped: list[str] = []
-    numbers = NUMBER_WORDS[:max(3, config.max_shapes)]
-    qa.append(QA("How many shapes are there?", NUMBER_WORDS[count - 1], numbers, "count"))
-    subject = int(rng.integers(count))
+    numbers = NUMBER_WORDS[config.min_shapes - 1:config.max_shapes]
+    if len(numbers) >= 2:
+        qa.append(QA("How many shapes are there?", NUMBER_WORDS[count - 1], numbers, "count"))
+    else:
+        skipped.append("count")
+    present = [shape.colour for shape in shapes]
+    absent = [colour for colour in config.colours if colour not in present]
+    if absent and rng.random() < 0.5:
+        colour, answer = absent[int(rng.integers(len(absent)))], "no"
+    else:
+        colour, answer = present[int(rng.integers(count))], "yes"
+    qa.append(QA(f"Is there a {colour} shape?", answer, YES_NO, "colour_present"))
+    if len(config.kinds) > 1:
+        subject = shapes[int(rng.integers(count))]
+        qa.append(QA(f"Is the {subject.colour} shape a {' or a '.join(config.kinds)}?", subject.kind,
+                     tuple(config.kinds), "shape_of_colour"))
+    else:
+        skipped.append("shape_of_colour")
+    subject_index = int(rng.integers(count))
     if checks["clear_start"]:
-        qa.append(QA(f"Which way does the {shapes[subject].name} move at the start?",
-                     direction_word(simulation.velocities[0, subject]), DIRECTIONS, "direction"))
+        qa.append(QA(f"Which way does the {shapes[subject_index].name} move at the start?",
+                     direction_word(simulation.velocities[0, subject_index]), DIRECTIONS, "direction"))
     else:
         skipped.append("direction")
-    first = simulation.first_wall_hitter()
-    if first is None:
-        skipped.append("first_wall_colour")
-        skipped.extend(["first_wall_shape"] if count > 1 else [])
-    else:
-        qa.append(QA("What colour is the shape that hits a wall first?", shapes[first].colour,
-                     tuple(config.colours), "first_wall_colour"))
-        if count > 1:
-            other = int(rng.choice([i for i in range(count) if i != first]))
-            pair = (first, other) if rng.random() < 0.5 else (other, first)
-            names = tuple(shapes[i].name for i in pair)
-            qa.append(QA(f"Which shape hits a wall first, the {names[0]} or the {names[1]}?",
-                         shapes[first].name, names, "first_wall_shape"))
     sided = [i for i in range(count) if len(simulation.first_walls(i)) == 1]
     if sided:
         shape = sided[int(rng.integers(len(sided)))]
@@ -357,9 +380,19 @@ def make_questions(simulation: Simulation, rng: np.random.Generator,
                      simulation.first_walls(shape)[0], WALLS, "first_wall_side"))
     else:
         skipped.append("first_wall_side")
+    first = simulation.first_wall_hitter()
+    if first is None or count == 1:
+        skipped.append("first_wall_colour")
+    else:
+        # Candidates are the video's own colours: which ones are there is one frame's
+        # information, which of them hits first needs time (chance 1/count).
+        qa.append(QA("What colour is the shape that hits a wall first?", shapes[first].colour,
+                     tuple(present), "first_wall_colour"))
     if count > 1:
         qa.append(QA("Do any two shapes collide?", "yes" if simulation.collisions else "no",
                      YES_NO, "collision"))
+    else:
+        skipped.append("collision")
     return qa, skipped
 
 
@@ -509,6 +542,33 @@ def passkey_chat_records(world: World, split: str | None = None) -> list[dict[st
             continue
         messages = []
         for turn, needle in enumerate(document.needles):
+            question = needle.question if turn else document.text + "\n" + needle.question
+            messages.append({"role": "user", "content": question})
+            messages.append({"role": "assistant", "content": needle.sentence})
+        records.append({"messages": messages})
+    return records
+
+
+def passkey_drill_records(seed: int, count: int, *, max_chars: int, needles: int = 1,
+                          stream: int = 2) -> list[dict[str, Any]]:
+    """Chat records for retrieval drills, asked as `passkey_chat_records` asks (the document,
+    then one turn per needle, in a random order).
+
+    Each document holds `needles` needles (distinct cities) in filler of a length drawn
+    uniformly from [0, `max_chars`] characters. Short single-needle documents are the curriculum
+    that makes retrieval form (`docs/demo.md`); several needles with little filler are
+    key→value associative-recall drills, where only the city tells which digits to copy.
+    `stream` keeps these draws apart from the world's own documents (stream 1).
+    """
+    records = []
+    for index in range(count):
+        rng = np.random.default_rng([seed, stream, index])
+        chars = int(rng.integers(0, max_chars + 1))
+        document = make_passkey_document(rng, num_needles=needles, num_chars=chars, index=index)
+        order = rng.permutation(len(document.needles))
+        messages = []
+        for turn, position in enumerate(order):
+            needle = document.needles[int(position)]
             question = needle.question if turn else document.text + "\n" + needle.question
             messages.append({"role": "user", "content": question})
             messages.append({"role": "assistant", "content": needle.sentence})

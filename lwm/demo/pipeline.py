@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +30,7 @@ from lwm.config import ConfigError, TrainRunConfig
 from lwm.config.train import StageConfig
 from lwm.data.records import ExampleEncoder
 from lwm.data.store import TokenStoreWriter
-from lwm.data.synthetic import generate_world, passkey_chat_records
+from lwm.data.synthetic import generate_world, passkey_chat_records, passkey_drill_records
 from lwm.data.text_tokenizer import load_text_tokenizer
 from lwm.demo.config import EXAMPLE_KINDS, MARKER_FILE, DemoConfig
 from lwm.demo.evaluate import evaluate
@@ -41,6 +43,18 @@ from lwm.train.vq import reconstruction_error, train_vq
 
 def _say(message: str, start: float) -> None:
     print(f"[demo {time.perf_counter() - start:6.1f}s] {message}", flush=True)
+
+
+def processor_name() -> str:
+    """The CPU's model name (`lscpu`'s "Model name"): XLA's CPU kernels, and so every figure of
+    the demo, differ between processors."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown processor"
 
 
 def _prepare_output(output_dir: Path) -> None:
@@ -80,27 +94,44 @@ def data_configs(config: DemoConfig) -> dict[str, Any]:
     }
 
 
+def _with_instruction(record: dict[str, Any]) -> dict[str, Any]:
+    """Passkey questions as the needle evaluation asks them: on the document's line, followed
+    by its instruction (`lwm.eval.needle.INSTRUCTION`)."""
+    return {"messages": [
+        {**message, "content": message["content"].replace("\n", " ") + " " + INSTRUCTION}
+        if message["role"] == "user" else message for message in record["messages"]]}
+
+
 def encode_world(config: DemoConfig, world: Any, codes: dict[int, np.ndarray], text_tokenizer: Any,
                  split: str = "train") -> dict[str, list[Any]]:
-    """TokenExamples of one split, by kind, made by the data layer's `ExampleEncoder`."""
+    """TokenExamples of one split, by kind (`EXAMPLE_KINDS`), made by the data layer's `ExampleEncoder`."""
 
     encoders = {name: ExampleEncoder(data, text_tokenizer) for name, data in data_configs(config).items()}
     examples: dict[str, list[Any]] = {kind: [] for kind in EXAMPLE_KINDS}
+    rng = np.random.default_rng([config.seed, 5])
     for video in world.videos_in(split):
         record = {"caption": video.caption, "vision": codes[video.index].reshape(-1).tolist()}
         examples["text_to_video"].append(encoders["text_to_video"](record))
         examples["video_to_text"].append(encoders["video_to_text"](record))
-        for qa in video.qa:
-            examples["video_qa"].append(encoders["chat"]({
-                "messages": [{"role": "user", "content": qa.question},
-                             {"role": "assistant", "content": qa.answer}],
-                "vision": record["vision"]}))
-    for record in passkey_chat_records(world, split):
-        if config.demo_data.passkey_instruction:
-            record = {"messages": [
-                {**message, "content": message["content"].replace("\n", " ") + " " + INSTRUCTION}
-                if message["role"] == "user" else message for message in record["messages"]]}
-        examples["passkey"].append(encoders["chat"](record))
+        if video.qa:
+            # Every question about the video in one conversation (random order): the video's
+            # tokens are read once for all its answers.
+            messages = []
+            for position in rng.permutation(len(video.qa)):
+                qa = video.qa[int(position)]
+                messages += [{"role": "user", "content": qa.question}, {"role": "assistant", "content": qa.answer}]
+            examples["video_qa"].append(encoders["chat"]({"messages": messages, "vision": record["vision"]}))
+    data = config.demo_data
+    passkeys = {
+        "passkey": passkey_chat_records(world, split),
+        "passkey_short": passkey_drill_records(config.seed, data.short_passkeys if split == "train" else 0,
+                                               max_chars=data.short_document_chars),
+        "recall": passkey_drill_records(config.seed, data.recall_drills if split == "train" else 0,
+                                        max_chars=data.recall_chars, needles=data.recall_needles, stream=3),
+    }
+    for kind, records in passkeys.items():
+        for record in records:
+            examples[kind].append(encoders["chat"](_with_instruction(record) if data.passkey_instruction else record))
     return examples
 
 
@@ -172,7 +203,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     all_codes = vq_tokenizer.encode(all_frames).reshape(len(world.videos), synthetic.num_frames, -1)
     codes = {video.index: all_codes[position] for position, video in enumerate(world.videos)}
     text_tokenizer = load_text_tokenizer(config.data.tokenizer or None)
-    _say("  encoding examples (caption->video, video->caption, video QA, passkey chats)", start)
+    _say("  encoding examples (caption->video, video->caption, video QA, passkey chats and drills)", start)
     examples = encode_world(config, world, codes, text_tokenizer)
     _say("  writing the pretrain and chat token stores", start)
     stores = build_stores(config, examples, text_tokenizer, output_dir)
@@ -184,14 +215,19 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
          f"{config.demo_data.chat_steps} chat steps, attention={config.model.attention}, mesh={config.mesh})", start)
     results = train(training_config(config, output_dir))
     model_dir = results[-1].model_dir if results else output_dir / "chat" / "model"
+    pretrained_dir = results[0].model_dir if len(results) > 1 else None
     now = lap("train", now)
 
     _say("4/5 evaluating", start)
     numbers = evaluate(config, world, codes, vq_tokenizer, text_tokenizer, model_dir, output_dir,
-                                  data_configs(config)["chat"], progress=lambda message: _say(f"  {message}", start))
+                                  data_configs(config)["chat"], progress=lambda message: _say(f"  {message}", start),
+                       pretrained_dir=pretrained_dir)
     now = lap("evaluate", now)
 
     _say("5/5 writing the report", start)
+    numbers["seed"] = config.seed
+    numbers["processor"] = processor_name()
+    numbers["cpu_count"] = os.cpu_count()
     numbers["data"] = {"examples": {k: len(v) for k, v in examples.items()}, "mean_tokens": lengths,
                        "stores": stores, "world_stats": world.stats}
     numbers["vq"] = {k: float(v) for k, v in getattr(vq_tokenizer, "metrics", {}).items()}

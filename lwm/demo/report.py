@@ -10,12 +10,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
 
 from lwm.train.metrics import read_metrics  # noqa: E402
 
 LOSS_PNG = "loss_curves.png"
 CONTINUATION_GIF = "continuation.gif"
 CONTINUATION_PNG = "continuation.png"
+QA_PNG = "video_qa.png"
 RESULTS_JSON = "results.json"
 REPORT_MD = "report.md"
 
@@ -54,13 +56,42 @@ def plot_losses(metrics_path: Path, out_path: Path) -> dict[str, Any]:
             "logged_steps": len(records)}
 
 
+def plot_qa(qa: dict[str, Any], out_path: Path) -> None:
+    """Accuracy per question kind with and without the video, beside chance."""
+    kinds = list(qa["by_kind"])
+    rows = [qa["by_kind"][kind] for kind in kinds]
+    x = np.arange(len(kinds))
+    figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(kinds)), 4))
+    axis.bar(x - 0.2, [row["accuracy"] for row in rows], 0.4, label="with the video", color="tab:blue")
+    axis.bar(x + 0.2, [row["text_only_accuracy"] for row in rows], 0.4, label="without (same model)",
+             color="tab:gray")
+    for position, row in zip(x, rows):
+        axis.hlines(row["chance"], position - 0.45, position + 0.45, colors="k", linestyles="dashed")
+    axis.plot([], [], "k--", label="chance")
+    axis.set_xticks(x, [f"{kind}\n({row.get('needs', '?')})" for kind, row in zip(kinds, rows)], fontsize=8)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("accuracy (held-out videos)")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=100)
+    plt.close(figure)
+
+
 def write_report(numbers: dict[str, Any], output_dir: Path) -> Path:
     """`results.json` and `report.md` (with the pictures) in `output_dir`."""
     (output_dir / RESULTS_JSON).write_text(json.dumps(numbers, indent=1, default=float))
     qa, frame, needle, losses = numbers["video_qa"], numbers["next_frame"], numbers["needle"], numbers["losses"]
+    go_on = numbers["continuation"]
+    plot_qa(qa, output_dir / QA_PNG)
+    met = [name for name, bar in numbers["bars"].items() if bar["met"]]
+    missed = [name for name, bar in numbers["bars"].items() if not bar["met"]]
     lines = ["# lwm demo: a video+language world model learning on one CPU", "",
-             f"Wall time {numbers['timings_s']['total']:.0f} s ({numbers['timings_s']}).", "",
-             "## Learning bars", "", "| bar | value | threshold | met |", "| --- | --- | --- | --- |"]
+             f"Seed {numbers.get('seed', '?')} on {numbers.get('processor', '?')}. Wall time "
+             f"{numbers['timings_s']['total']:.0f} s ({numbers['timings_s']}).", "",
+             "## Learning bars", "",
+             f"Met {len(met)} of {len(met) + len(missed)}" + (f"; not met: {', '.join(missed)}." if missed else "."),
+             "", "| bar | value | threshold | met |", "| --- | --- | --- | --- |"]
     for name, bar in numbers["bars"].items():
         lines.append(f"| {name} | {bar['value']:.3f} | {bar['threshold']:.3f} | {'yes' if bar['met'] else 'NO'} |")
     lines += ["", "## Training", "", f"![loss curves]({LOSS_PNG})", "",
@@ -68,19 +99,25 @@ def write_report(numbers: dict[str, Any], output_dir: Path) -> Path:
               "## Video question answering (held-out videos, forced choice)", "",
               f"{qa['questions']} questions: accuracy **{qa['accuracy']:.3f}**, the same model without the "
               f"video {qa['text_only_accuracy']:.3f}, chance {qa['chance']:.3f}.", "",
-              "| kind | questions | with video | text only | chance |", "| --- | --- | --- | --- | --- |"]
+              f"![video QA per kind]({QA_PNG})", "",
+              "| kind | needs | questions | with video | text only | chance |", "| --- | --- | --- | --- | --- | --- |"]
     for kind, row in qa["by_kind"].items():
-        lines.append(f"| {kind} | {row['questions']} | {row['accuracy']:.3f} | {row['text_only_accuracy']:.3f} | "
-                     f"{row['chance']:.3f} |")
+        lines.append(f"| {kind} | {row.get('needs', '?')} | {row['questions']} | {row['accuracy']:.3f} | "
+                     f"{row['text_only_accuracy']:.3f} | {row['chance']:.3f} |")
     lines += ["", "## Next-frame prediction (held-out videos, teacher forced)", "",
               f"{frame['codes']} codes: accuracy **{frame['accuracy']:.3f}** against "
               f"{frame['copy_last_frame_accuracy']:.3f} for copying the last frame; on the "
-              f"{frame['changed_codes']} codes that change, {frame['changed_accuracy']:.3f} (copying: 0).", "",
+              f"{frame['changed_codes']} codes that change, {frame['changed_accuracy']:.3f} (copying: 0). "
+              f"Held-out vision loss {frame['vision_loss']:.3f}"
+              + (f" (after pretraining, before chat: {frame['pretrained_vision_loss']:.3f})"
+                 if "pretrained_vision_loss" in frame else "") + ".", "",
               "## Continuation of a held-out video", "",
-              f"Left: ground truth, right: the model (greedy) after {numbers['continuation']['context_frames']} "
-              f"given frames; a red bar marks generated frames. Code accuracy of the generated frames "
-              f"{numbers['continuation']['code_accuracy']:.3f} (copying the last given frame "
-              f"{numbers['continuation']['copy_code_accuracy']:.3f}).", "",
+              f"Left: ground truth, right: the model (greedy) after {go_on['context_frames']} "
+              f"given frames; a red bar marks generated frames. Over {go_on['videos']} held-out videos, code "
+              f"accuracy of the generated frames {go_on['code_accuracy']:.3f} (copying the last given frame "
+              f"{go_on['copy_code_accuracy']:.3f}); on the {go_on['changed_codes']} codes that change "
+              f"{go_on['changed_accuracy']:.3f} (copying 0), on those that stay {go_on['unchanged_accuracy']:.3f} "
+              f"(copying 1): balanced {go_on['balanced_accuracy']:.3f} against copying's 0.5.", "",
               f"![continuation]({CONTINUATION_GIF})", "", f"![continuation strip]({CONTINUATION_PNG})", "",
               "## Needle retrieval", "",
               f"Accuracy {needle['accuracy']:.3f} over lengths {needle['lengths']} and depths {needle['depths']}; "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from lwm.config.synthetic import PALETTE, SyntheticWorldConfig
 from lwm.data.synthetic import (
     BACKGROUND,
     CITIES,
+    QUESTION_KINDS,
     Collision,
     Shape,
     WallHit,
@@ -242,8 +244,11 @@ def test_every_answer_is_a_candidate_and_matches_the_simulation(worlds):
                 assert qa.chance == pytest.approx(1 / len(qa.candidates))
             by_kind = {qa.kind: qa for qa in video.qa}
             colours = {tuple(c) for c in frames[0].reshape(-1, 3)} - {BACKGROUND}
-            words = ("one", "two", "three")
-            assert by_kind["count"].answer == words[len(colours) - 1]
+            words = ("one", "two", "three", "four", "five", "six")
+            if world.config.min_shapes < world.config.max_shapes:
+                assert by_kind["count"].answer == words[len(colours) - 1]
+            else:  # one possible answer: not asked
+                assert "count" not in by_kind
             contacts = wall_contacts(states)
             if "direction" in by_kind:
                 qa = by_kind["direction"]
@@ -256,14 +261,17 @@ def test_every_answer_is_a_candidate_and_matches_the_simulation(worlds):
                 first_frame = contacts[0][0]
                 hitters = {shape for frame, shape, _ in contacts if frame == first_frame}
                 assert len(hitters) == 1
-                assert by_kind["first_wall_colour"].answer == states.shapes[hitters.pop()].colour
-            if "first_wall_shape" in by_kind:
-                qa = by_kind["first_wall_shape"]
-                first_hit = {}
-                for frame, shape, _ in contacts:
-                    first_hit.setdefault(states.shapes[shape].name, frame)
-                other = next(name for name in qa.candidates if name != qa.answer)
-                assert first_hit[qa.answer] < first_hit.get(other, states.num_frames)
+                qa = by_kind["first_wall_colour"]
+                assert qa.answer == states.shapes[hitters.pop()].colour
+                # Among the video's own colours: only time tells which one hits first.
+                assert sorted(qa.candidates) == sorted(shape.colour for shape in states.shapes)
+            # One-frame kinds, read from the first frame's pixels.
+            qa = by_kind["colour_present"]
+            colour = next(name for name in PALETTE if f"a {name} shape" in qa.question)
+            assert qa.answer == ("yes" if PALETTE[colour] in colours else "no")
+            qa = by_kind["shape_of_colour"]
+            subject = next(s for s in states.shapes if f"the {s.colour} shape" in qa.question)
+            assert qa.answer == subject.kind and qa.candidates == ("square", "circle")
             if "first_wall_side" in by_kind:
                 qa = by_kind["first_wall_side"]
                 index = next(i for i, s in enumerate(states.shapes) if f"the {s.name} " in qa.question)
@@ -272,14 +280,45 @@ def test_every_answer_is_a_candidate_and_matches_the_simulation(worlds):
             if len(states.shapes) > 1:
                 assert by_kind["collision"].answer == ("yes" if states.collisions else "no")
             else:
-                assert "collision" not in by_kind and "first_wall_shape" not in by_kind
+                assert "collision" not in by_kind and "first_wall_colour" not in by_kind
             # The caption names every shape and every bounce.
             for shape in states.shapes:
                 assert f"{shape.name} moves" in video.caption
             assert video.caption.count("bounces off the") == len(states.wall_hits)
             assert video.caption.count("collides with") == 2 * len(states.collisions)
-    assert kinds_seen == {"count", "direction", "first_wall_colour", "first_wall_shape",
-                          "first_wall_side", "collision"}
+    assert kinds_seen == set(QUESTION_KINDS) == {
+        "count", "colour_present", "shape_of_colour", "direction", "first_wall_colour",
+        "first_wall_side", "collision"}
+
+
+def test_text_alone_cannot_answer_the_questions():
+    """The best text-only predictor (the most common answer of each exact question text in the
+    training videos, else of the kind) scores about chance on held-out videos, for every kind."""
+    world = generate_world(SyntheticWorldConfig(seed=11, num_videos=600, num_frames=6, num_documents=0,
+                                                held_out_fraction=0.5))
+    by_text, by_kind = {}, {}
+    for video in world.videos_in("train"):
+        for qa in video.qa:
+            by_text.setdefault(qa.question, Counter())[qa.answer] += 1
+            by_kind.setdefault(qa.kind, Counter())[qa.answer] += 1
+    for kind, answers in by_kind.items():
+        candidates = len(_candidates_of(world, kind))
+        # Balanced answers: no answer of a kind is much more common than the others.
+        assert max(answers.values()) / sum(answers.values()) <= 1 / candidates + 0.12, (kind, answers)
+    scores, chances = {}, {}
+    for video in world.videos_in("held_out"):
+        for qa in video.qa:
+            table = by_text.get(qa.question) or by_kind[qa.kind]
+            best = max((a for a in qa.candidates), key=lambda a: (table.get(a, 0), a))
+            scores.setdefault(qa.kind, []).append(best == qa.answer)
+            chances.setdefault(qa.kind, []).append(qa.chance)
+    for kind in scores:
+        assert np.mean(scores[kind]) <= np.mean(chances[kind]) + 0.08, (kind, np.mean(scores[kind]))
+
+
+def _candidates_of(world, kind):
+    """The candidate set of `kind` (the largest seen: per-video sets are subsets of it)."""
+    return max((qa.candidates for video in world.videos for qa in video.qa if qa.kind == kind), key=len)
 
 
 def test_collision_answers_are_balanced_and_misses_counted(worlds):
