@@ -102,15 +102,19 @@ def distinct_values(rng: np.random.Generator, kind: str, count: int, avoid: Iter
 
 def pseudo_words(rng: np.random.Generator, count: int, length: int = 3, avoid: Iterable[str] = ()) -> list[str]:
     """`count` distinct pronounceable words of `length` syllables (e.g. "tobira")."""
+    syllables = np.asarray([onset + vowel for onset in _ONSETS for vowel in _VOWELS])
     taken = set(avoid)
     words: list[str] = []
     while len(words) < count:
-        syllables = [_ONSETS[int(rng.integers(len(_ONSETS)))] + _VOWELS[int(rng.integers(len(_VOWELS)))]
-                     for _ in range(length)]
-        word = "".join(syllables)
-        if word not in taken:
-            taken.add(word)
-            words.append(word)
+        # Draw in bulk (a 1M-token list needs ~10^5 words); duplicates are dropped in order.
+        batch = rng.integers(len(syllables), size=(max(16, count - len(words)) + 8, length))
+        for row in syllables[batch]:
+            word = "".join(row)
+            if word not in taken:
+                taken.add(word)
+                words.append(word)
+                if len(words) == count:
+                    break
     return words
 
 

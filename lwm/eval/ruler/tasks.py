@@ -234,6 +234,8 @@ def _niah_item(spec: NiahSpec, task: str, length: int, index: int, context: Task
     asked = sorted(int(i) for i in rng.choice(num_keys, size=spec.queries, replace=False))
     query = _join_queries([keys[i] for i in asked])
     intro, question, prefix = niah_texts(spec, query)
+    if spec.haystack == "needle":  # its lines start with their own newline
+        intro = intro.rstrip("\n")
     head, tail = encoder.head(intro), encoder.tail(question, prefix)
     separator = "\n" if spec.haystack == "needle" else " "
     inserts = [(depth, encoder.piece(separator + needle_sentence(spec.value_type, keys[k], v)))
@@ -401,14 +403,29 @@ def _cwe_attempt(spec: CWESpec, task, length, index, context: TaskContext, examp
             ids += encoder.piece(f"{' ' if start + i else ''}{start + i + 1}.") + encoder.piece(" " + word)
         return ids
 
+    # Pieces are concatenated, so a listing's length is a sum of cached piece lengths whatever
+    # its order: the binary search never builds the lists it measures.
+    word_lengths = np.cumsum([0] + [len(encoder.piece(" " + word)) for word in pool])
+    number_lengths = [0]
+
+    def numbers_length(entries: int) -> int:
+        while len(number_lengths) <= entries:
+            i = len(number_lengths) - 1
+            number_lengths.append(number_lengths[-1] + len(encoder.piece(f"{' ' if i else ''}{i + 1}.")))
+        return number_lengths[entries]
+
     def length_of(num_words: int) -> int:
-        return len(head) + len(tail) + len(entry_ids(listing(num_words)))
+        entries = spec.common * freq_common + (num_words - spec.common) * freq_uncommon
+        words = (freq_common * word_lengths[spec.common]
+                 + freq_uncommon * (word_lengths[num_words] - word_lengths[spec.common]))
+        return len(head) + len(tail) + numbers_length(entries) + int(words)
 
     if length_of(spec.common) > target:
         return None
     num_words = fit_size(length_of, target, upper=len(pool) - 32, lower=spec.common)
     words = listing(num_words)
     context_ids = entry_ids(words)
+    assert len(context_ids) == length_of(num_words) - len(head) - len(tail)
     # Fill the last gap with words listed once (fewer times than any counted word).
     filler = entry_ids(pool[num_words:num_words + 32], start=len(words))
     context_ids = pad_to(context_ids, room, filler)
