@@ -1,10 +1,12 @@
 """Key/value cache, chunked prefill and the decode step of the LLaMA decoder.
 
-The cache holds every layer's keys and values, `[layers, batch, size, kv_heads, head_dim]`,
-and how many positions of each row are filled. New tokens are written at positions
-`lengths[b], lengths[b] + 1, ...` of their row and then attend to the cache so far with
-`ringattention.decode_attention`: a prefill runs chunk by chunk through the same function
-as one decode step, so memory is O(size · chunk), never the size² score matrix.
+The cache (`KVCache`, defined beside the model's attention) holds every layer's keys and
+values, `[layers, batch, size, kv_heads, head_dim]`, and how many positions of each row are
+filled. `InferenceModel` runs the model's own blocks and layer loop on top of it
+(`LlamaModel.extend`): new tokens are written at positions `lengths[b], lengths[b] + 1, ...`
+of their row and then attend to the cache so far with `ringattention.decode_attention`; a
+prefill runs chunk by chunk through the same function as one decode step, so memory is
+O(size · chunk), never the size² score matrix.
 
 Batches are right-padded: row `b` holds its own tokens at positions `0 .. lengths[b]-1`, the
 positions a prompt would have alone, so a padded batch decodes exactly like single prompts.
@@ -12,14 +14,13 @@ Padding entries are never written (their positions are -1) and never attended.
 
 On a mesh whose `sp` axis is larger than one, the cache is split along its position axis over
 `sp` (device `i` holds a contiguous slice); inside `jax.shard_map` every layer writes the
-positions a device owns (the rule of `ringattention.update_sharded_cache`, as one in-place
-scatter into the all-layer buffer) and attends with `ring_decode_attention`, so a context too
-large for one device spreads over many: the path to 1M tokens.
+positions a device owns (`ringattention.update_sharded_cache`, in place in the all-layer
+buffer) and attends with `ring_decode_attention`, so a context too large for one device
+spreads over many: the path to 1M tokens.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -33,45 +34,9 @@ from jax.sharding import Mesh, NamedSharding
 
 from lwm.config import MeshConfig, ModelConfig
 from lwm.mesh import logical_to_spec, make_mesh, state_shardings
-from lwm.model.llama import LlamaModel, rope_cos_sin
+from lwm.model.attention import CACHE_AXES, KVCache
+from lwm.model.llama import LlamaModel
 from lwm.infer.sampling import SamplingParams, VisionSchedule, classifier_free_guidance, sample_tokens
-from ringattention import decode_attention, ring_decode_attention
-
-# Logical axes of the cache arrays `[layers, batch, size, kv_heads, head_dim]`.
-CACHE_AXES = (None, "batch", "seq", "act_kv_heads", None)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class KVCache:
-    """Keys and values of every layer and the filled length of every row.
-
-    `k`, `v`: `[layers, batch, size, kv_heads, head_dim]`; `lengths`: int32 `[batch]`, the
-    number of filled positions (the next token of row `b` goes to position `lengths[b]`).
-    """
-
-    k: jax.Array
-    v: jax.Array
-    lengths: jax.Array
-
-    @property
-    def batch(self) -> int:
-        """Number of rows."""
-        return self.k.shape[1]
-
-    @property
-    def size(self) -> int:
-        """Positions per row."""
-        return self.k.shape[2]
-
-    def nbytes_per_device(self) -> int:
-        """Bytes of keys and values one device holds (the largest shard)."""
-        total = 0
-        for array in (self.k, self.v):
-            shards = getattr(array, "addressable_shards", None)
-            total += max(shard.data.nbytes for shard in shards) if shards else array.nbytes
-        return total
-
 
 def single_device_mesh() -> Mesh:
     """A `(dp, fsdp, tp, sp)` mesh of size one on the first device."""
@@ -82,73 +47,6 @@ def _spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh):
     return logical_to_spec(axes, shape, mesh)
 
 
-def _write_layer(k_all, v_all, k_new_BTKD, v_new_BTKD, index, positions_BT, sharded: bool):
-    """Writes layer `index`'s new keys/values into this device's all-layer cache, in place.
-
-    The rule is `ringattention.update_cache` / `update_sharded_cache`'s (device `i` of `sp`
-    owns positions `i*size ... (i+1)*size - 1`; positions it does not own, and -1 for padding,
-    are not written), applied with the layer as a leading index of one scatter into the carried
-    buffer. Calling those functions on a slice of one layer instead copies the whole slice
-    every step, which measured twice as slow (see docs/benchmarks.md).
-    """
-    size = k_all.shape[2]
-    local_BT = positions_BT - (jax.lax.axis_index("sp") * size if sharded else 0)
-    local_BT = jnp.where((local_BT >= 0) & (local_BT < size), local_BT, size)  # size is dropped
-    rows = jnp.arange(k_all.shape[1])[:, None]
-    return (k_all.at[index, rows, local_BT].set(k_new_BTKD.astype(k_all.dtype), mode="drop"),
-            v_all.at[index, rows, local_BT].set(v_new_BTKD.astype(v_all.dtype), mode="drop"))
-
-
-def _attend_cached(
-    q_BTHD: jax.Array,
-    k_new_BTKD: jax.Array,
-    v_new_BTKD: jax.Array,
-    k_all: jax.Array,
-    v_all: jax.Array,
-    index: jax.Array | int,
-    positions_BT: jax.Array,
-    visible_B: jax.Array,
-    *,
-    mesh: Mesh,
-    key_chunk_size: int,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Writes layer `index`'s new keys/values into the cache, then attends the queries to it.
-
-    Runs inside `jax.shard_map` over the whole mesh: rows split over the batch axes, heads over
-    `tp` when it divides the key/value heads, cache positions over `sp`. With `sp` > 1 every
-    device writes the positions it owns (`update_sharded_cache`'s rule) and attends to its
-    slice, merged exactly across `sp` (`ring_decode_attention`); otherwise `decode_attention`
-    runs on the whole (local) cache.
-    """
-    sharded = mesh.shape["sp"] > 1
-    cache_spec = _spec(CACHE_AXES, k_all.shape, mesh)
-    heads = cache_spec[3]  # tp when it divides the key/value heads (then it divides the query heads too)
-    q_spec = _spec(("batch", None, "act_heads" if heads else None, None), q_BTHD.shape, mesh)
-    new_spec = _spec(("batch", None, "act_kv_heads" if heads else None, None), k_new_BTKD.shape, mesh)
-    row_spec = _spec(("batch", None), positions_BT.shape, mesh)
-    length_spec = _spec(("batch",), visible_B.shape, mesh)
-    index = jnp.asarray(index, jnp.int32)
-
-    def local(q, k_new, v_new, k_all, v_all, index, positions, visible):
-        k_all, v_all = _write_layer(k_all, v_all, k_new, v_new, index, positions, sharded)
-        k_layer, v_layer = k_all[index], v_all[index]
-        if sharded:
-            out = ring_decode_attention(q, k_layer, v_layer, axis_name="sp", q_positions=positions,
-                                        cache_length=visible, key_chunk_size=key_chunk_size)
-        else:
-            out = decode_attention(q, k_layer, v_layer, q_positions=positions, cache_length=visible,
-                                   key_chunk_size=key_chunk_size)
-        return out, k_all, v_all
-
-    return jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(q_spec, new_spec, new_spec, cache_spec, cache_spec, _spec((), (), mesh), row_spec, length_spec),
-        out_specs=(q_spec, cache_spec, cache_spec),
-        check_vma=False,
-    )(q_BTHD, k_new_BTKD, v_new_BTKD, k_all, v_all, index, positions_BT, visible_B)
-
-
 def extend_cache(
     model: LlamaModel,
     cache: KVCache,
@@ -156,51 +54,19 @@ def extend_cache(
     input_is_vision_BT: jax.Array | None,
     new_lengths_B: jax.Array,
     *,
-    mesh: Mesh,
+    mesh: Mesh | None = None,
     key_chunk_size: int,
 ) -> tuple[KVCache, jax.Array]:
     """Runs `input_ids_BT` through the model on top of the cache; returns the cache and hiddens.
 
-    Row `b` appends its first `new_lengths_B[b]` tokens (the rest of the row is padding) at
-    positions `lengths[b], lengths[b] + 1, ...`; each token attends to the cache up to and
-    including itself. Returns the updated cache and the final-norm hidden states
-    `[batch, T, hidden]` (those of padding are meaningless). Pure: call it inside `jax.jit`.
+    `LlamaModel.extend` under the mesh in context (`mesh` is accepted for callers that name
+    it; the compiled steps below run under `jax.set_mesh(mesh)`). Row `b` appends its first
+    `new_lengths_B[b]` tokens at positions `lengths[b], lengths[b] + 1, ...`. Pure: call it
+    inside `jax.jit`.
     """
-    config = model.config
-    batch, new_len = input_ids_BT.shape
-    offsets_T = jnp.arange(new_len, dtype=jnp.int32)
-    new_lengths_B = jnp.asarray(new_lengths_B, jnp.int32)
-    valid_BT = offsets_T[None, :] < new_lengths_B[:, None]
-    positions_BT = jnp.where(valid_BT, cache.lengths[:, None] + offsets_T[None, :], -1)
-    visible_B = cache.lengths + new_lengths_B
-    cos_BTD, sin_BTD = rope_cos_sin(jnp.maximum(positions_BT, 0), config.head_dim, config.rope_theta)
-    x_BTE = model.embed_tokens(input_ids_BT, input_is_vision_BT if config.has_vision else None)
-    cache_dtype = cache.k.dtype
-
-    def run_layer(block, x_BTE, k_all, v_all, index):
-        q, k, v = block.attention.project_qkv(block.attention_norm(x_BTE), cos_BTD, sin_BTD)
-        out, k_all, v_all = _attend_cached(
-            q, k.astype(cache_dtype), v.astype(cache_dtype), k_all, v_all, index, positions_BT, visible_B,
-            mesh=mesh, key_chunk_size=key_chunk_size,
-        )
-        x_BTE = x_BTE + block.attention.project_out(out.astype(x_BTE.dtype))
-        x_BTE = x_BTE + block.mlp(block.mlp_norm(x_BTE))
-        return x_BTE, k_all, v_all
-
-    k_all, v_all = cache.k, cache.v
-    if config.scan_layers:
-        layer_graphdef, layer_state = nnx.split(model.layers)
-
-        def body(carry, layer_params):
-            x, k_all, v_all, index = carry
-            x, k_all, v_all = run_layer(nnx.merge(layer_graphdef, layer_params), x, k_all, v_all, index)
-            return (x, k_all, v_all, index + 1), None
-
-        (x_BTE, k_all, v_all, _), _ = jax.lax.scan(body, (x_BTE, k_all, v_all, jnp.int32(0)), layer_state)
-    else:
-        for index, block in enumerate(model.layers):
-            x_BTE, k_all, v_all = run_layer(block, x_BTE, k_all, v_all, index)
-    return KVCache(k_all, v_all, visible_B), model.final_norm(x_BTE)
+    del mesh  # the context mesh (jax.set_mesh) is the one the model's attention shards over
+    return model.extend(cache, input_ids_BT, new_lengths_B, input_is_vision_BT=input_is_vision_BT,
+                        key_chunk_size=key_chunk_size)
 
 
 def last_hidden(hidden_BTE: jax.Array, new_lengths_B: jax.Array, previous_BE: jax.Array) -> jax.Array:
@@ -254,18 +120,20 @@ def _logits_step(graphdef, head, state, hidden_BE):
 def _decode_loop(graphdef, mesh, key_chunk_size, state, cache, hidden_RE, key, stop_ids, *, max_new_tokens, sampling,
                  head, guidance_scale, schedule):
     """Samples up to `max_new_tokens` per row inside one `lax.while_loop` (see `InferenceModel.decode`)."""
-    model = nnx.merge(graphdef, state)
     rows = cache.batch
     guided = guidance_scale is not None
     batch = rows // 2 if guided else rows
     feed_is_vision = jnp.full((rows, 1), head == "vision")
 
     def keep_going(carry):
-        _, _, _, done, step, _ = carry
+        _, _, _, _, done, step, _ = carry
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def step_once(carry):
-        cache, hidden, tokens, done, step, key = carry
+        state, cache, hidden, tokens, done, step, key = carry
+        # The parameters travel in the carry and the model is merged inside the body: NNX
+        # transforms (the layer scan) refuse variables holding an outer trace's values.
+        model = nnx.merge(graphdef, state)
         logits = head_logits(model, hidden, head)
         if guided:
             logits = classifier_free_guidance(logits, guidance_scale)
@@ -287,12 +155,12 @@ def _decode_loop(graphdef, mesh, key_chunk_size, state, cache, hidden_RE, key, s
             mesh=mesh, key_chunk_size=key_chunk_size,
         )
         hidden = jnp.where(feed_active[:, None], hidden_RTE[:, 0], hidden)
-        return cache, hidden, tokens, done, step + 1, key
+        return state, cache, hidden, tokens, done, step + 1, key
 
     tokens = jnp.full((batch, max_new_tokens), -1, jnp.int32)
     done = jnp.zeros((batch,), bool)
-    carry = (cache, hidden_RE, tokens, done, jnp.int32(0), key)
-    cache, hidden_RE, tokens, _, _, _ = jax.lax.while_loop(keep_going, step_once, carry)
+    carry = (state, cache, hidden_RE, tokens, done, jnp.int32(0), key)
+    _, cache, hidden_RE, tokens, _, _, _ = jax.lax.while_loop(keep_going, step_once, carry)
     return cache, hidden_RE, tokens
 
 

@@ -16,7 +16,7 @@ from flax import nnx
 
 from lwm.config import ModelConfig
 from lwm.mesh import constrain
-from lwm.model.attention import AttentionFn, make_attention_fn
+from lwm.model.attention import AttentionFn, CacheView, KVCache, cached_attention, make_attention_fn
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -97,11 +97,21 @@ class Attention(nnx.Module):
         x_BTE: jax.Array,
         cos_BTD: jax.Array,
         sin_BTD: jax.Array,
-        segment_ids_BT: jax.Array,
-        attention_fn: AttentionFn,
-    ) -> jax.Array:
+        segment_ids_BT: jax.Array | None,
+        attention_fn: AttentionFn | None,
+        cache: CacheView | None = None,
+    ) -> tuple[jax.Array, CacheView | None]:
+        """Attention output `[batch, T, hidden]` and the cache view (None without a cache).
+
+        Without a cache the tokens attend to each other through `attention_fn` (training, a
+        full forward); with one they are written into it and attend to it (prefill, decoding).
+        """
         q, k, v = self.project_qkv(x_BTE, cos_BTD, sin_BTD)
-        return self.project_out(attention_fn(q, k, v, segment_ids_BT))
+        if cache is None:
+            out = attention_fn(q, k, v, segment_ids_BT)
+        else:
+            out, cache = cached_attention(q, k, v, cache)
+        return self.project_out(out.astype(self.dtype)), cache
 
 
 class MLP(nnx.Module):
@@ -130,12 +140,27 @@ class DecoderBlock(nnx.Module):
         self.mlp_norm = RMSNorm(config)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x_BTE, cos_BTD, sin_BTD, segment_ids_BT, attention_fn):
-        x_BTE = x_BTE + self.attention(
-            self.attention_norm(x_BTE), cos_BTD, sin_BTD, segment_ids_BT, attention_fn
+    def __call__(
+        self,
+        x_BTE: jax.Array,
+        cos_BTD: jax.Array,
+        sin_BTD: jax.Array,
+        segment_ids_BT: jax.Array | None = None,
+        attention_fn: AttentionFn | None = None,
+        cache: CacheView | None = None,
+    ) -> tuple[jax.Array, CacheView | None]:
+        """The residual stream after this layer, and the cache view after writing its keys.
+
+        `cache=None` is training (and any full forward): `attention_fn` sees the whole sequence
+        and `segment_ids_BT`. With a `CacheView` the block writes its keys/values into the cache
+        at the tokens' positions and attends to the cache (prefill and decoding).
+        """
+        attended, cache = self.attention(
+            self.attention_norm(x_BTE), cos_BTD, sin_BTD, segment_ids_BT, attention_fn, cache
         )
+        x_BTE = x_BTE + attended
         x_BTE = x_BTE + self.mlp(self.mlp_norm(x_BTE))
-        return constrain(x_BTE, ("batch", "seq", "act_embed"))
+        return constrain(x_BTE, ("batch", "seq", "act_embed")), cache
 
 
 _LAYER_AXIS = {nnx.PARTITION_NAME: "layers", "logical_axes": "layers"}
@@ -216,21 +241,72 @@ class LlamaModel(nnx.Module):
         else:
             x_BTE = input_embeddings_BTE.astype(jnp.dtype(config.dtype))
 
-        def run_block(block: DecoderBlock, x: jax.Array) -> jax.Array:
-            return block(x, cos_BTD, sin_BTD, segment_ids_BT, attention_fn)
+        return self.final_norm(self.run_layers(x_BTE, cos_BTD, sin_BTD, segment_ids_BT, attention_fn)[0])
 
-        if config.remat != "none":
+    def run_layers(
+        self,
+        x_BTE: jax.Array,
+        cos_BTD: jax.Array,
+        sin_BTD: jax.Array,
+        segment_ids_BT: jax.Array | None,
+        attention_fn: AttentionFn | None,
+        cache: CacheView | None = None,
+    ) -> tuple[jax.Array, CacheView | None]:
+        """Runs every block on the residual stream: `nnx.scan` over stacked layers or a loop.
+
+        The one layer loop of training (`cache=None`, rematerialised as `config.remat` says)
+        and of cached prefill/decoding (the view starts at layer 0 and moves one layer down
+        per block, so every block writes its own layer of the all-layer buffers in place).
+        """
+        config = self.config
+
+        def run_block(block: DecoderBlock, x: jax.Array, cache: CacheView | None):
+            x, cache = block(x, cos_BTD, sin_BTD, segment_ids_BT, attention_fn, cache)
+            return x, None if cache is None else cache.next_layer()
+
+        if config.remat != "none" and cache is None:
+            # Rematerialisation only matters under differentiation, which cached decoding never is.
             run_block = nnx.remat(run_block, policy=REMAT_POLICIES[config.remat], prevent_cse=False)
         if config.scan_layers:
             @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, transform_metadata=_LAYER_AXIS)
-            def run_layers(block: DecoderBlock, x: jax.Array) -> jax.Array:
-                return run_block(block, x)
+            def scan_layers(block: DecoderBlock, carry):
+                return run_block(block, *carry)
 
-            x_BTE = run_layers(self.layers, x_BTE)
-        else:
-            for block in self.layers:
-                x_BTE = run_block(block, x_BTE)
-        return self.final_norm(x_BTE)
+            return scan_layers(self.layers, (x_BTE, cache))
+        for block in self.layers:
+            x_BTE, cache = run_block(block, x_BTE, cache)
+        return x_BTE, cache
+
+    def extend(
+        self,
+        cache: KVCache,
+        input_ids_BT: jax.Array,
+        new_lengths_B: jax.Array,
+        *,
+        input_is_vision_BT: jax.Array | None = None,
+        key_chunk_size: int = 512,
+    ) -> tuple[KVCache, jax.Array]:
+        """Runs tokens through the model on top of a key/value cache (prefill or one decode step).
+
+        Row `b` appends its first `new_lengths_B[b]` tokens of `input_ids_BT [batch, T]` (the
+        rest is padding) at positions `cache.lengths[b], cache.lengths[b] + 1, ...`; each token
+        attends to the cache up to and including itself, through the same blocks and layer loop
+        as `hidden_states`. Returns the cache with every layer's new keys/values and the new
+        lengths, and the final-norm hidden states `[batch, T, hidden]` (those of padding are
+        meaningless). Pure: call it inside `jax.jit` (under `jax.set_mesh` for a sharded cache).
+        """
+        config = self.config
+        new_len = input_ids_BT.shape[1]
+        offsets_T = jnp.arange(new_len, dtype=jnp.int32)
+        new_lengths_B = jnp.asarray(new_lengths_B, jnp.int32)
+        valid_BT = offsets_T[None, :] < new_lengths_B[:, None]
+        positions_BT = jnp.where(valid_BT, cache.lengths[:, None] + offsets_T[None, :], -1)
+        visible_B = cache.lengths + new_lengths_B
+        cos_BTD, sin_BTD = rope_cos_sin(jnp.maximum(positions_BT, 0), config.head_dim, config.rope_theta)
+        x_BTE = self.embed_tokens(input_ids_BT, input_is_vision_BT if config.has_vision else None)
+        view = CacheView(cache.k, cache.v, jnp.int32(0), positions_BT, visible_B, key_chunk_size)
+        x_BTE, view = self.run_layers(x_BTE, cos_BTD, sin_BTD, None, None, view)
+        return KVCache(view.k, view.v, visible_B), self.final_norm(x_BTE)
 
     def text_logits(self, hidden_BTE: jax.Array) -> jax.Array:
         """Text-vocabulary logits in float32."""

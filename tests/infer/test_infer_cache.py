@@ -125,7 +125,9 @@ def test_cache_sizes_are_checked(single_engine, sharded_engine):
 
 
 def test_layer_write_follows_the_sharded_cache_update_rule(mesh_sp8):
-    from lwm.infer.cache import CACHE_AXES, _write_layer
+    """The engine's write (`update_sharded_cache` at a layer of the all-layer buffer) equals the
+    same function on that layer alone, and leaves the other layers untouched."""
+    from lwm.infer.cache import CACHE_AXES
     from lwm.mesh import logical_to_spec
     from ringattention import update_sharded_cache
 
@@ -138,7 +140,7 @@ def test_layer_write_follows_the_sharded_cache_update_rule(mesh_sp8):
     replicated = [logical_to_spec((None,) * rank) for rank in (4, 2)]
 
     def local(k_all, v_all, k_new, positions):
-        ours = _write_layer(k_all, v_all, k_new, k_new, 1, positions, sharded=True)
+        ours = update_sharded_cache(k_all, v_all, k_new, k_new, positions, axis_name="sp", layer=1)
         theirs = update_sharded_cache(k_all[1], v_all[1], k_new, k_new, positions, axis_name="sp")
         return ours[0], ours[1], theirs[0]
 
