@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo demo-full test install install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed-core
 	$(BIN)/lwm demo --config configs/demo.yaml
+
+# The same recipe with the budget every learning bar needs (about 45 minutes on 2 cores).
+demo-full: $(VENV)/.installed-core
+	$(BIN)/lwm demo --config configs/demo-full.yaml
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests
