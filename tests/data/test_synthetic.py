@@ -26,6 +26,7 @@ from lwm.data.synthetic import (
     generate_world,
     make_passkey_document,
     passkey_chat_records,
+    passkey_drill_records,
     simulate,
     write_videos,
 )
@@ -439,3 +440,26 @@ def test_passkey_chat_records_train_with_the_chat_template(tokenizer):
         assert first.number in answer_text and second.number in answer_text
         assert document.text[:50] not in answer_text
     assert passkey_chat_records(world, split="held_out") == []
+
+
+def test_passkey_drills_ask_every_needle_once_and_answer_from_the_document():
+    records = passkey_drill_records(4, 20, max_chars=60, needles=4, stream=3)
+    lengths = []
+    for record in records:
+        messages = record["messages"]
+        document = messages[0]["content"].split("\n")[0]
+        asked = [m["content"].split("\n")[-1] for m in messages[0::2]]
+        answers = [m["content"] for m in messages[1::2]]
+        assert len(asked) == len(answers) == 4 == document.count("special magic")
+        cities = [re.fullmatch(r"What is the special magic (\w+) number\?", q).group(1) for q in asked]
+        assert len(set(cities)) == 4
+        for city, answer in zip(cities, answers):
+            # The answer is the needle sentence, word for word, found in the document.
+            assert answer.startswith(f"The special magic {city} number is: ") and answer in document
+        lengths.append(len(document))
+    # Short documents of varying length, and a different stream draws different needles.
+    assert max(lengths) < 400 and len(set(lengths)) > 5
+    assert passkey_drill_records(4, 1, max_chars=60, needles=4, stream=2) != records[:1]
+    single = passkey_drill_records(4, 30, max_chars=120)
+    assert all(len(r["messages"]) == 2 for r in single)
+    assert len({r["messages"][1]["content"] for r in single}) == 30
