@@ -92,7 +92,16 @@ def infer_lwm_vq_config(tree: Mapping[str, object], resolution: int = 256) -> VQ
     file carries no config): widths, levels, residual blocks, z channels, codebook."""
     if set(tree) == {"params"}:
         tree = tree["params"]  # type: ignore[assignment]
-    flat = {name.replace(".", "/"): np.shape(value) for name, value in flatten_tree(tree).items()}
+    flat: dict[str, tuple[int, ...]] = {}
+
+    def walk(node: Mapping[str, object], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                walk(value, f"{prefix}{key}/")
+            else:  # arrays, or shape-only leaves such as jax.ShapeDtypeStruct
+                flat[f"{prefix}{key}"] = tuple(getattr(value, "shape", np.shape(value)))
+
+    walk(tree, "")
     try:
         hidden = flat["encoder/Conv_0/kernel"][-1]
         levels = 1 + max(int(m.group(1)) for key in flat

@@ -182,3 +182,168 @@ def lwm_logits(shape: dict, params: dict, ids, vision_mask, scan_layers: bool):
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
     apply = jax.jit(LwmForCausalLM(shape, scan_layers).apply)
     return apply(params, jnp.asarray(ids), jnp.asarray(vision_mask), positions)
+
+
+# ---------------------------------------------------------------------------------------------
+# VQGAN (lwm/vqgan.py): nn.compact modules, so parameters carry flax's automatic names, which
+# come from the class names: these classes are named as LWM's are.
+
+class ResnetBlock(nn.Module):
+    out_channels: int | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        width = self.out_channels or x.shape[-1]
+        h = nn.Conv(width, [3, 3])(nn.silu(nn.GroupNorm()(x)))
+        h = nn.Conv(width, [3, 3])(nn.silu(nn.GroupNorm()(h)))
+        if width != x.shape[-1]:
+            x = nn.Conv(width, [1, 1])(x)
+        return h + x
+
+
+class Downsample(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)])
+        return nn.Conv(x.shape[-1], [3, 3], strides=[2, 2], padding="VALID")(x)
+
+
+class Upsample(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        B, H, W, C = x.shape
+        x = jax.image.resize(x, (B, H * 2, W * 2, C), method="nearest")
+        return nn.Conv(C, [3, 3])(x)
+
+
+class DownsamplingBlock(nn.Module):
+    cfg: dict
+    block_idx: int
+
+    @nn.compact
+    def __call__(self, x):
+        width = self.cfg["hidden_channels"] * self.cfg["channel_mult"][self.block_idx]
+        for _ in range(self.cfg["num_res_blocks"]):
+            x = ResnetBlock(width)(x)
+        if self.block_idx != len(self.cfg["channel_mult"]) - 1:
+            x = Downsample()(x)
+        return x
+
+
+class UpsamplingBlock(nn.Module):
+    cfg: dict
+    block_idx: int
+
+    @nn.compact
+    def __call__(self, x):
+        width = self.cfg["hidden_channels"] * self.cfg["channel_mult"][self.block_idx]
+        for _ in range(self.cfg["num_res_blocks"] + 1):
+            x = ResnetBlock(width)(x)
+        if self.block_idx != 0:
+            x = Upsample()(x)
+        return x
+
+
+class MidBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = ResnetBlock()(x)  # ResnetBlock_0 runs first (flax names modules as they are built)
+        return ResnetBlock()(x)
+
+
+class Encoder(nn.Module):
+    cfg: dict
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(self.cfg["hidden_channels"], [3, 3])(x)
+        for level in range(len(self.cfg["channel_mult"])):
+            x = DownsamplingBlock(self.cfg, level)(x)
+        x = MidBlock()(x)
+        return nn.Conv(self.cfg["z_channels"], [3, 3])(nn.silu(nn.GroupNorm()(x)))
+
+
+class Decoder(nn.Module):
+    cfg: dict
+
+    @nn.compact
+    def __call__(self, x):
+        levels = len(self.cfg["channel_mult"])
+        x = nn.Conv(self.cfg["hidden_channels"] * self.cfg["channel_mult"][levels - 1], [3, 3])(x)
+        x = MidBlock()(x)
+        for level in reversed(range(levels)):
+            x = UpsamplingBlock(self.cfg, level)(x)
+        return nn.Conv(3, [3, 3])(nn.silu(nn.GroupNorm()(x)))
+
+
+class VectorQuantizer(nn.Module):
+    n_e: int
+    e_dim: int
+
+    @nn.compact
+    def __call__(self, z, indices=None):
+        embeddings = self.param("embeddings", lambda rng, shape, dtype: jax.random.uniform(
+            rng, shape, dtype, -1.0 / self.n_e, 1.0 / self.n_e), [self.n_e, self.e_dim], jnp.float32)
+        if indices is not None:
+            return embeddings[(indices,)]
+        flat = z.reshape(-1, z.shape[-1])
+        d = (jnp.sum(flat**2, axis=1, keepdims=True) + jnp.sum(embeddings.T**2, axis=0, keepdims=True)
+             - 2 * jnp.einsum("bd,nd->bn", flat, embeddings))
+        indices = jnp.argmin(d, axis=1)
+        return embeddings[(indices,)].reshape(z.shape), indices.reshape(z.shape[:-1])
+
+
+class LwmVQGAN(nn.Module):
+    """`VQGANModel`: `encode(pixels) -> (quantized, codes)`, `decode(codes)` clipped to [-1, 1]."""
+
+    cfg: dict
+
+    def setup(self):
+        self.encoder = Encoder(self.cfg)
+        self.decoder = Decoder(self.cfg)
+        self.quantize = VectorQuantizer(self.cfg["num_embeddings"], self.cfg["quantized_embed_dim"])
+        self.quant_conv = nn.Conv(self.cfg["quantized_embed_dim"], [1, 1])
+        self.post_quant_conv = nn.Conv(self.cfg["z_channels"], [1, 1])
+
+    def encode(self, pixels):
+        return self.quantize(self.quant_conv(self.encoder(pixels)))
+
+    def decode(self, codes):
+        x = self.post_quant_conv(self.quantize(None, codes))
+        return jnp.clip(self.decoder(x), -1, 1)
+
+    def __call__(self, pixels):
+        return self.decode(self.encode(pixels)[1])
+
+
+LWM_VQ_DEFAULT = dict(resolution=256, hidden_channels=128, channel_mult=(1, 2, 2, 4, 6), num_res_blocks=2,
+                      z_channels=64, num_embeddings=8192, quantized_embed_dim=64)
+
+
+def lwm_vqgan_shapes(cfg: dict) -> dict:
+    """LWM's VQGAN parameter tree (names and shapes only) for `cfg`, by `jax.eval_shape`."""
+    side = cfg["resolution"]
+    return jax.eval_shape(lambda: LwmVQGAN(cfg).init(jax.random.key(0), jnp.zeros((1, side, side, 3))))["params"]
+
+
+def init_lwm_vqgan(cfg: dict, seed: int = 0) -> dict:
+    """A random LWM VQGAN tree (plain dict of float32 numpy arrays, as LWM's file holds)."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+        if name == "scale":
+            return (1 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        if name == "embeddings":
+            return rng.standard_normal(leaf.shape).astype(np.float32)
+        return (0.05 * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    tree = jax.tree_util.tree_map_with_path(fill, lwm_vqgan_shapes(cfg))
+    return jax.tree.map(np.asarray, _plain(tree))
+
+
+def _plain(tree):
+    return {key: _plain(value) for key, value in tree.items()} if hasattr(tree, "items") else tree
