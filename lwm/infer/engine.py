@@ -280,12 +280,16 @@ class Engine:
             raise RequestError("the prompt has no tokens")
         if request.max_tokens < 0:
             raise RequestError(f"max_tokens={request.max_tokens} must be >= 0")
-        vocab = self.model.config.vocab_size
-        bad = [token for token in request.prompt_ids if not 0 <= int(token) < vocab]
-        if bad:
-            raise RequestError(f"prompt token ids {bad[:3]} are outside the vocabulary [0, {vocab})")
         if request.prompt_is_vision is not None and len(request.prompt_is_vision) != len(request.prompt_ids):
             raise RequestError("prompt_is_vision must have one flag per prompt token")
+        ids = np.asarray(request.prompt_ids, np.int64)
+        flags = np.zeros(len(ids), bool) if request.prompt_is_vision is None else np.asarray(request.prompt_is_vision)
+        config = self.model.config
+        for name, mask, vocab in (("text", ~flags, config.vocab_size), ("vision", flags, config.vision_vocab_size)):
+            bad = ids[mask & ((ids < 0) | (ids >= vocab))]
+            if bad.size:
+                raise RequestError(f"prompt {name} token ids {bad[:3].tolist()} are outside the {name} "
+                                   f"vocabulary [0, {vocab})")
         needed = len(request.prompt_ids) + request.max_tokens
         if needed > self.slot_size:
             raise RequestError(
@@ -557,7 +561,11 @@ class Engine:
         run.generated.append(token)
         finish = None
         if self.detokenize is not None:
-            text = self.detokenize(run.generated)
+            try:
+                text = self.detokenize(run.generated)
+            except Exception as error:  # fails this request alone
+                self._finish(slot, "error", error=f"cannot detokenize the answer: {error}")
+                return
             for stop in request.stop_strings:
                 cut = text.find(stop)
                 if cut >= 0:

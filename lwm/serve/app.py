@@ -365,7 +365,7 @@ async def _collect(request: Request, submitted: _Submitted) -> list[Completion]:
         while remaining:
             try:
                 index, output = await asyncio.wait_for(submitted.queue.get(), timeout=0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if await request.is_disconnected():
                     raise APIError(499, "client disconnected") from None
                 continue

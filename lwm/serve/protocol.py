@@ -159,6 +159,8 @@ class TokenText:
     def piece(self, token: int) -> str:
         """The text of one token."""
         text = self._cache.get(token)
+        if text is None and not 0 <= token < self.tokenizer.vocab_size:
+            text = ""  # a row of a model's padded vocabulary that no text maps to
         if text is None:
             piece = self.tokenizer.id_to_piece(token)
             match = _BYTE_PIECE.match(piece)
@@ -172,7 +174,8 @@ class TokenText:
 
     def continuation(self, ids: Sequence[int]) -> str:
         """Text of generated ids, with the leading space SentencePiece's decode drops."""
-        ids = list(ids)
+        # Ids of a model's padded vocabulary beyond the tokenizer's have no text.
+        ids = [token for token in ids if 0 <= token < self.tokenizer.vocab_size]
         text = self.tokenizer.decode(ids)
         if ids and self.tokenizer.id_to_piece(ids[0]).startswith("\u2581") and not text.startswith(" "):
             text = " " + text

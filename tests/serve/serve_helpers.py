@@ -4,8 +4,11 @@ random vision-language model, its engine and server state, and lwm's direct scor
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import jax
 import numpy as np
+from flax import nnx
 
 from lwm.config import ModelConfig
 from lwm.config.vision import VisionVocab
@@ -53,7 +56,7 @@ def make_vq(tmp_dir):
 def serve_config(**serve_fields):
     """A `ServeRunConfig` for the small model (the model itself is passed in, not loaded)."""
     from lwm.config.infer import CacheConfig, LoadConfig
-    from lwm.config.serve import ServeRunConfig, ServerSection
+    from lwm.config.serve import ServerSection, ServeRunConfig
 
     section = dataclasses.replace(ServerSection(slots=SLOTS, queue_size=8, max_frames=4, video_frames=3,
                                                 max_body_bytes=2_000_000), **serve_fields)
@@ -74,27 +77,11 @@ def direct_logprobs(model, ids) -> np.ndarray:
     return np.asarray([logprobs[i - 1, ids[i]] for i in range(1, len(ids))])
 
 
-def _forward(model, ids_BT):
-    import jax
-    from flax import nnx
-
-    graphdef, state = nnx.split(model)
-    return _lazy_jit()(graphdef, state, ids_BT)
-
-
-def _jitted_forward_impl(graphdef, state, ids_BT):
-    from flax import nnx
-
+@functools.partial(jax.jit, static_argnums=(0,))
+def _jitted_forward(graphdef, state, ids_BT):
     return nnx.merge(graphdef, state)(ids_BT)
 
 
-_jitted_forward = None
-
-
-def _lazy_jit():
-    import jax
-
-    global _jitted_forward
-    if _jitted_forward is None:
-        _jitted_forward = jax.jit(_jitted_forward_impl, static_argnums=(0,))
-    return _jitted_forward
+def _forward(model, ids_BT):
+    graphdef, state = nnx.split(model)
+    return _jitted_forward(graphdef, state, ids_BT)

@@ -19,9 +19,10 @@ def client(server):
 
 def _chat_prompt(tokenizer, question, codes=None):
     """LWM's chat prompt as the training data renders it (what `lwm chat` feeds)."""
+    from serve_helpers import MODEL
+
     from lwm.config.data import ChatTemplateConfig, DataConfig
     from lwm.data.chat import encode_conversation
-    from serve_helpers import MODEL
 
     vision = None if codes is None else np.asarray(codes).reshape(-1).tolist()
     example = encode_conversation([{"role": "user", "content": question, "vision": vision}], tokenizer,
@@ -145,7 +146,6 @@ def test_concurrent_requests_equal_each_alone(client):
 
 
 def _data_url(frames, suffix):
-    from lwm.data.video import write_video
 
     if suffix == ".png":
         from PIL import Image
