@@ -1,17 +1,14 @@
 """`lwm eval` end to end on a tiny random model over 8 fake devices with the KV cache sharded
-over `sp`: RULER's table, heatmaps and a results file a rerun resumes and extends; V-NIAH's
-heatmap through a VQ tokenizer; the command line."""
+over `sp`: the command writes RULER's table, a heatmap and results a rerun extends; V-NIAH's
+grid and heatmap through a VQ tokenizer."""
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from lwm.config.eval import RulerConfig, VniahConfig
+from lwm.config.eval import VniahConfig
 from lwm.config.model import ModelConfig, VisionVocab
-from lwm.eval.ruler.haystacks import generated_essay
-from lwm.eval.ruler.runner import CachedGenerator, run_ruler
 from lwm.eval.vniah import draw_needle, insert_needle, render_needle, run_vniah
 
 CHUNK = 64
@@ -43,7 +40,9 @@ def engine():
     from lwm.mesh import make_mesh
 
     mesh = make_mesh(MeshConfig(dp=1, fsdp=1, tp=1, sp=8))
-    return InferenceModel(_model(), mesh, prefill_chunk_size=CHUNK, key_chunk_size=16, progress=False)
+    # The sizes of the command's engine below, so both share compiled steps.
+    return InferenceModel(_model(), mesh, prefill_chunk_size=CHUNK, key_chunk_size=16, min_cache_size=512,
+                          progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -51,33 +50,6 @@ def tokenizer():
     from lwm.data.text_tokenizer import TextTokenizer
 
     return TextTokenizer()
-
-
-def test_ruler_on_a_sharded_cache_resumes_and_extends(engine, tokenizer, tmp_path):
-    assert engine.sequence_parallel == 8
-    generator = CachedGenerator(engine, tokenizer, 640)
-    settings = RulerConfig(tasks=("niah_single_1", "niah_single_2"), lengths=(384,), samples=2, max_new_tokens=4)
-    first = run_ruler(generator, tokenizer, settings, tmp_path, essay=generated_essay(0), progress=False,
-                      max_new_items=3)
-    assert first.new_items == 3 and first.resumed_items == 0
-    data = json.loads(first.results_path.read_text())
-    assert [r["key"] for r in data["results"]] == ["niah_single_1/384/0", "niah_single_1/384/1", "niah_single_2/384/0"]
-    assert all(r["prompt_tokens"] == 380 and isinstance(r["response"], str) for r in data["results"])
-    # The rerun finishes the grid, then a wider one adds a length without redoing anything.
-    second = run_ruler(generator, tokenizer, settings, tmp_path, essay=generated_essay(0), progress=False)
-    assert (second.new_items, second.resumed_items) == (1, 3)
-    wider = dataclasses.replace(settings, lengths=(384, 512), samples=1)
-    third = run_ruler(generator, tokenizer, wider, tmp_path, essay=generated_essay(0), progress=False)
-    assert (third.new_items, third.resumed_items) == (2, 4)
-    assert third.table["lengths"] == [384, 512] and set(third.table["scores"]) == {"niah_single_1", "niah_single_2"}
-    assert "| niah_single_2 |" in third.table_path.read_text() and "wAvg (inc)" in third.table_path.read_text()
-    assert set(third.heatmaps) == {"niah_single_1", "niah_single_2"}
-    assert all(path.stat().st_size > 1000 for path in third.heatmaps.values())
-    # A random model answers at about chance (RULER's exact references never appear by luck).
-    assert third.table["avg"] < 30
-    with pytest.raises(ValueError, match="other settings"):
-        run_ruler(generator, tokenizer, dataclasses.replace(settings, seed=1), tmp_path, essay=generated_essay(0),
-                  progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +87,31 @@ def test_vniah_grid_and_heatmap(engine, tokenizer, vq, tmp_path):
     assert report.heatmap_path.stat().st_size > 1000
     again = run_vniah(engine, tokenizer, vq, settings, tmp_path, progress=False)
     assert (again.new_cells, again.resumed_cells) == (0, 6)
+
+
+def test_lwm_eval_command(tmp_path, capsys):
+    from lwm.cli import main
+    from lwm.model.params_io import save_model
+
+    model_dir = save_model(_model(), tmp_path / "model")
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        "suite: ruler\n"
+        "mesh: {dp: 1, fsdp: 1, tp: 1, sp: -1}\n"
+        "cache: {prefill_chunk: 64, key_chunk: 16, max_len: 512}\n"
+        f"ruler: {{tasks: [niah_single_1], lengths: [384], samples: 1, max_new_tokens: 4, output_dir: {tmp_path / 'out'}}}\n"
+        "progress: false\n"
+    )
+    assert main(["eval", "--config", str(config), "--model", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "over sp=8 device(s)" in out and "| niah_single_1 |" in out and "1 new items, 0 resumed" in out
+    assert (tmp_path / "out" / "heatmap_niah_single_1.png").stat().st_size > 1000
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert [r["prompt_tokens"] for r in results] == [380] and isinstance(results[0]["response"], str)
+    assert results[0]["score"] == 0.0  # a random model does not find a 7-digit number by luck
+    # --samples, --lengths and --tasks extend the same results.
+    assert main(["eval", "--config", str(config), "--model", str(model_dir), "--samples", "2"]) == 0
+    assert "1 new items, 1 resumed" in capsys.readouterr().out
+    # A user mistake is one line naming the field.
+    assert main(["eval", "--config", str(config), "--model", str(model_dir), "--tasks", "niah_single_9"]) == 2
+    assert "unknown task 'niah_single_9'" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """RULER's generators: every item well formed at its exact length, reproducible from its seed;
 RULER's scorers on hand-made answers; an oracle reader scores 100 on every task, a blind one ~0."""
 
+import dataclasses
+import json
 import re
 from collections import Counter
 
@@ -172,3 +174,35 @@ def test_summary_with_missing_cells():
     table = summary(results, ["vt", "cwe"], [4096, 8192])
     assert table["scores"] == {"vt": [100.0, 50.0], "cwe": [0.0, None]}
     assert table["per_length"] == [50.0, 50.0] and table["avg"] == 50.0
+
+
+def test_results_resume_and_extend(tokenizer, tmp_path):
+    reader = OracleReader(tokenizer)
+    calls = []
+
+    def counting(ids, max_new_tokens, is_vision=None):
+        calls.append(len(ids))
+        return reader(ids, max_new_tokens)
+
+    settings = _settings(["niah_single_1", "vt"], lengths=(1536,), samples=2)
+    first = run_ruler(counting, tokenizer, settings, tmp_path, essay=generated_essay(0), progress=False,
+                      max_new_items=3, heatmaps=False)
+    keys = [r["key"] for r in json.loads(first.results_path.read_text())["results"]]
+    assert keys == ["niah_single_1/1536/0", "niah_single_1/1536/1", "vt/1536/0"] and len(calls) == 3
+    second = run_ruler(counting, tokenizer, settings, tmp_path, essay=generated_essay(0), progress=False)
+    assert (second.new_items, second.resumed_items, len(calls)) == (1, 3, 4)
+    wider = dataclasses.replace(settings, lengths=(1536, 2048), samples=1)
+    third = run_ruler(counting, tokenizer, wider, tmp_path, essay=generated_essay(0), progress=False)
+    assert (third.new_items, third.resumed_items) == (2, 4)
+    assert third.table["lengths"] == [1536, 2048] and third.table["scores"] == {"niah_single_1": [100.0, 100.0],
+                                                                                "vt": [100.0, 100.0]}
+    assert set(third.heatmaps) == {"niah_single_1", "vt"} and "| vt | 100.0 | 100.0 | 100.0 |" in (
+        third.table_path.read_text())
+    # The same items come back (a resumed item equals a fresh one of the same seed).
+    again = run_ruler(reader, tokenizer, settings, tmp_path / "fresh", essay=generated_essay(0), progress=False,
+                      heatmaps=False)
+    fresh = {r["key"]: r["references"] for r in again.results}
+    assert all(fresh[r["key"]] == r["references"] for r in third.results if r["key"] in fresh)
+    with pytest.raises(EvalError, match="other settings"):
+        run_ruler(reader, tokenizer, dataclasses.replace(settings, seed=4), tmp_path, essay=generated_essay(0),
+                  progress=False)
