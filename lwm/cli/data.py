@@ -22,9 +22,11 @@ examples:
 
 def load_text_tokenizer(data_config: Any) -> Any:
     """The text tokenizer at `data.tokenizer` (a SentencePiece model; empty: the project's own)."""
+    from lwm.data.integrity import reading
     from lwm.data.text_tokenizer import load_text_tokenizer as load
 
-    return load(data_config.tokenizer or None)
+    with reading(data_config.tokenizer or "(the default)", "text tokenizer (data.tokenizer)"):
+        return load(data_config.tokenizer or None)
 
 
 def _run_make_qa(args: argparse.Namespace, overrides: list[str]) -> int:

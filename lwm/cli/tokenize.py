@@ -33,9 +33,12 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ConfigError("lwm tokenize needs --config PATH or the fields as overrides")
     config = load_config(TokenizeConfig, args.config, overrides)
     check_outputs(config)  # before loading the VQ model: a wrong path fails at once
-    from lwm.model.vqgan_convert import load_vq_tokenizer
+    from lwm.data.integrity import check_checkpoint_directory, reading
+    from lwm.model.vq_tokenizer import load_vq_tokenizer
 
-    vq = load_vq_tokenizer(config.vq_tokenizer, batch_size=config.vq_batch_size)
+    check_checkpoint_directory(config.vq_tokenizer, "VQ tokenizer")
+    with reading(config.vq_tokenizer, "VQ tokenizer"):
+        vq = load_vq_tokenizer(config.vq_tokenizer, batch_size=config.vq_batch_size)
     print(tokenize_videos(config, vq).describe())
     return 0
 

@@ -22,13 +22,25 @@ examples:
 def _run_train_vq(args: argparse.Namespace, overrides: list[str]) -> int:
     from lwm.config import load_config
     from lwm.config.vq import VQTrainRunConfig
+    from lwm.data.video import VideoReadError
+    from lwm.errors import LwmError
     from lwm.train.vq import load_training_frames, reconstruction_error, train_vq
 
     config = load_config(VQTrainRunConfig, args.config, overrides)
-    frame_set = load_training_frames(config.data, config.model.resolution)
+    try:
+        frame_set = load_training_frames(config.data, config.model.resolution)
+    except ValueError as error:
+        # lwm/train/vq.py reports videos none of which can be read as a plain ValueError.
+        if isinstance(error, LwmError):
+            raise
+        raise VideoReadError(", ".join(config.data.paths), str(error)) from error
     print(f"train-vq: {len(frame_set.frames)} frames from {frame_set.videos} videos"
           + (f" ({len(frame_set.skipped)} skipped)" if frame_set.skipped else ""))
     result = train_vq(config, frames=frame_set.frames)
+    from lwm.data.integrity import write_checkpoint_manifests
+
+    # Checkpoints are final once written: record their files so a later load finds truncation.
+    write_checkpoint_manifests(result.run_dir)
     frames = frame_set.frames
     sample = frames[:: max(1, len(frames) // 256)]
     error = reconstruction_error(result.model, sample)

@@ -20,11 +20,12 @@ the path, the array or file, the chunk, and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,58 @@ def check_file_manifest(directory: str | Path, *, what: str = "directory",
             raise IntegrityError(f"{what} {directory}: file {relative} fails its checksum "
                                  f"(altered since written); restore or rewrite it")
     return True
+
+
+def remove_file_manifest(directory: str | Path) -> None:
+    """Drops a directory's manifest before its files change (a rerun adding checkpoints), so an
+    interrupted rewrite leaves no stale manifest behind; `write_file_manifest` again at the end."""
+    with contextlib.suppress(FileNotFoundError):
+        (Path(directory) / FILE_MANIFEST).unlink()
+
+
+@contextlib.contextmanager
+def reading(path: str | Path, what: str) -> Iterator[None]:
+    """Turns a failure while reading `path` (Orbax, tensorstore, msgpack, ...) into one line.
+
+    Checkpoint libraries report a truncated or altered file with errors that name neither the
+    file nor the cause (`Event loop is closed`, a tensorstore digest message 200 lines deep);
+    inside this block any exception becomes an `IntegrityError` naming `what` and `path` with
+    the first line of the innermost cause. Use it around one load call only, so that it wraps
+    nothing but reading. `LwmError`s pass through unchanged; the original error stays the
+    cause (shown with `--debug`).
+    """
+    try:
+        yield
+    except (LwmError, FileNotFoundError):
+        raise  # already one line naming the file
+    except Exception as error:  # noqa: BLE001 - whatever the reader raised, the file is at fault
+        root = error
+        while root.__cause__ is not None:  # Orbax wraps tensorstore's precise message
+            root = root.__cause__
+        detail = _first_line(root)
+        detail = detail if len(detail) <= 300 else detail[:300] + "..."
+        raise IntegrityError(f"{what} {path} cannot be read ({type(root).__name__}: {detail}): it "
+                             f"is incomplete or damaged; restore it or write it again") from error
+
+
+def write_checkpoint_manifests(run_dir: str | Path, pattern: str = "step_*") -> list[Path]:
+    """Gives every finished checkpoint directory under `run_dir` (matching `pattern`) that has
+    none a file manifest; a checkpoint is never changed after it is written, so one suffices."""
+    written = []
+    for child in sorted(Path(run_dir).glob(pattern)):
+        if child.is_dir() and not (child / FILE_MANIFEST).is_file():
+            written.append(write_file_manifest(child))
+    return written
+
+
+def check_checkpoint_directory(path: str | Path, what: str, pattern: str = "step_*") -> int:
+    """Checks the manifests of `path` and of its checkpoint subdirectories (sizes only: cheap).
+
+    Returns how many manifests were checked (0: none to check, e.g. written before manifests).
+    """
+    path = Path(path)
+    checked = int(check_file_manifest(path, what=what)) if path.is_dir() else 0
+    for child in sorted(path.glob(pattern)) if path.is_dir() else ():
+        if child.is_dir():
+            checked += int(check_file_manifest(child, what=what))
+    return checked

@@ -33,6 +33,7 @@ import numpy as np
 from lwm.config import ConfigError
 from lwm.config.data import FieldSegment
 from lwm.config.tokenize import TokenizeConfig
+from lwm.data.integrity import reading
 from lwm.data.records import BadRecordError, check_store_path, mirrored_segments, render_template
 from lwm.data.video import VideoReadError, read_video
 
@@ -263,7 +264,8 @@ def tokenize_videos(config: TokenizeConfig, vq: VideoTokenizer,
     check_tokenizer_fits(config, vq)
     segment_sets = segment_sets_of(config)
     if text_tokenizer is None:
-        text_tokenizer = load_text_tokenizer(config.data.tokenizer or None)
+        with reading(config.data.tokenizer or "(the default)", "text tokenizer"):
+            text_tokenizer = load_text_tokenizer(config.data.tokenizer or None)
     summary = encode_manifest(config, vq)
     report = tokenize_to_store(
         config.data, text_tokenizer, paths=[config.resolved_codes_path],

@@ -50,7 +50,7 @@ def config_for(tmp_path, vq_run, *extra):
 
 @pytest.fixture(scope="module")
 def vq(vq_run):
-    from lwm.model.vqgan_convert import load_vq_tokenizer
+    from lwm.model.vq_tokenizer import load_vq_tokenizer
 
     return load_vq_tokenizer(str(vq_run))
 
