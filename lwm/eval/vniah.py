@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from lwm.config.eval import VniahConfig
@@ -207,7 +208,7 @@ def run_vniah(
     haystacks: dict[int, np.ndarray] = {}
     generator = None
     bar = None
-    if progress and todo:
+    if progress and todo and jax.process_index() == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="vniah", unit="cell")

@@ -206,3 +206,18 @@ def test_results_resume_and_extend(tokenizer, tmp_path):
     with pytest.raises(EvalError, match="other settings"):
         run_ruler(reader, tokenizer, dataclasses.replace(settings, seed=4), tmp_path, essay=generated_essay(0),
                   progress=False)
+
+
+def test_heatmap_grid_bins_depths_and_labels_lengths():
+    from lwm.eval.ruler.report import heatmap_grid, length_label
+
+    results = [
+        {"task": "vt", "length": 4096, "depths": [3.0, 48.0], "hits": [True, False]},
+        {"task": "vt", "length": 8192, "depths": [52.0], "hits": [True]},
+        {"task": "cwe", "length": 4096, "depths": [None, None], "hits": [True, False]},
+    ]
+    lengths, labels, matrix = heatmap_grid(results, "vt")
+    assert lengths == [4096, 8192] and labels == ["0", "50"]
+    assert matrix[0, 0] == 1.0 and matrix[1, 0] == 0.0 and matrix[1, 1] == 1.0 and np.isnan(matrix[0, 1])
+    assert heatmap_grid(results, "cwe")[1:] == (["all"], pytest.approx(np.array([[0.5]])))
+    assert [length_label(n) for n in (1536, 4096, 131072, 1048576, 512)] == ["1.5K", "4K", "128K", "1M", "512"]

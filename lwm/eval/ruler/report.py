@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from lwm.eval.needle import _short_length, plot_heatmap
 from lwm.eval.ruler.tasks import TASKS
 
 DEPTH_BINS = tuple(float(d) for d in np.linspace(0, 100, 11))
@@ -66,7 +65,7 @@ def format_table(table: dict[str, Any]) -> str:
     """RULER's layout as Markdown: one row per task, the lengths as columns, a last row with
     the mean over tasks, and Avg / wAvg (inc) / wAvg (dec) over the lengths."""
     lengths = table["lengths"]
-    header = ["task", *(_short_length(length) for length in lengths), "Avg"]
+    header = ["task", *(length_label(length) for length in lengths), "Avg"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def cells(values):
@@ -90,21 +89,70 @@ def depth_bin(depth: float) -> float:
     return min(DEPTH_BINS, key=lambda row: abs(row - depth))
 
 
+def length_label(length: int) -> str:
+    """RULER's names for lengths: 4096 is 4K, 1048576 is 1M (1536 is 1.5K)."""
+    if length >= 1 << 20 and length % (1 << 20) == 0:
+        return f"{length >> 20}M"
+    if length >= 1024:
+        return f"{length / 1024:g}K"
+    return str(length)
+
+
+def heatmap_grid(results: Sequence[dict[str, Any]], task: str) -> tuple[list[int], list[str], np.ndarray]:
+    """Hit rate per (depth row, length) of one task: lengths, row labels, matrix (NaN: empty).
+
+    Each reference counts at its depth; the aggregation tasks (no depths) have one row for the
+    whole context.
+    """
+    chosen = [r for r in results if r["task"] == task]
+    lengths = sorted({int(r["length"]) for r in chosen})
+    with_depth = any(d is not None for r in chosen for d in r["depths"])
+    rows = list(DEPTH_BINS) if with_depth else [None]
+    total = np.zeros((len(rows), len(lengths)))
+    count = np.zeros((len(rows), len(lengths)))
+    for result in chosen:
+        column = lengths.index(int(result["length"]))
+        for depth, hit in zip(result["depths"], result["hits"]):
+            row = rows.index(depth_bin(depth)) if with_depth and depth is not None else 0
+            total[row, column] += float(hit)
+            count[row, column] += 1
+    keep = count.sum(axis=1) > 0
+    labels = [f"{row:g}" if row is not None else "all" for row, kept in zip(rows, keep) if kept]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        matrix = np.where(count > 0, total / np.maximum(count, 1), np.nan)[keep]
+    return lengths, labels, matrix
+
+
 def plot_task_heatmap(results: Sequence[dict[str, Any]], task: str, path: str | Path) -> Path | None:
-    """Depth x length heatmap of one task: each reference's hit at its depth (None when the
-    task has no depths: the aggregation tasks count over the whole context)."""
-    rows = []
-    for result in results:
-        if result["task"] != task:
-            continue
-        pairs = [(depth_bin(d), hit) for d, hit in zip(result["depths"], result["hits"]) if d is not None]
-        if pairs:
-            rows.append({"context_length": result["length"], "asked_depths": [d for d, _ in pairs],
-                         "correct": [bool(h) for _, h in pairs]})
-    if not rows:
+    """Depth x length heatmap of one task (green: references found), None when it has no results."""
+    lengths, labels, matrix = heatmap_grid(results, task)
+    if not lengths:
         return None
-    found = [c for r in rows for c in r["correct"]]
-    return plot_heatmap(rows, path, title=f"{task}: {np.mean(found):.1%} of {len(found)} references")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LinearSegmentedColormap
+
+    colormap = LinearSegmentedColormap.from_list("ruler", ["#F0496E", "#EBB839", "#0CD79F"])
+    figure, axis = plt.subplots(figsize=(max(5.0, 0.7 * len(lengths) + 2.5), max(2.5, 0.4 * len(labels) + 1.5)))
+    image = axis.imshow(np.ma.masked_invalid(matrix), cmap=colormap, vmin=0.0, vmax=1.0, aspect="auto")
+    axis.set_xticks(range(len(lengths)), [length_label(length) for length in lengths])
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set_xlabel("length (tokens)")
+    axis.set_ylabel("depth of the reference (%)" if labels != ["all"] else "")
+    hits = [h for r in results if r["task"] == task for h in r["hits"]]
+    axis.set_title(f"{task}: {np.mean(hits):.1%} of {len(hits)} references found")
+    for row in range(matrix.shape[0]):
+        for column in range(matrix.shape[1]):
+            if np.isfinite(matrix[row, column]):
+                axis.text(column, row, f"{matrix[row, column]:.2f}", ha="center", va="center", fontsize=7)
+    figure.colorbar(image, ax=axis, label="share found")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def _task_order(task: str) -> int:
