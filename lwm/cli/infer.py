@@ -55,7 +55,7 @@ examples:
   lwm needle --config configs/infer/needle-7b-1m.yaml --model ckpt/lwm-text-1m --haystack pg.txt \\
       --needle.context_max 1048576 --needle.output_dir runs/needle-1m
   lwm needle --config configs/infer/needle-tiny.yaml --model runs/tiny/model --haystack book.txt \\
-      --needle.num_needles 4 --needle.retrieve 2
+      --needle.num_needles 4 --needle.retrieve 2 --needle.depth_intervals 4
 """
 
 
