@@ -295,3 +295,63 @@ def test_a_store_written_before_checksums_warns_once_and_can_be_rehashed(tmp_pat
     (path / "tokens" / "c" / "2").unlink()
     with pytest.raises(StoreError, match="array 'tokens' chunk 2 .* missing"):
         TokenStore(path)
+
+
+# File manifests (model directories, checkpoints): lwm/data/integrity.py.
+
+
+def test_file_manifest_finds_missing_truncated_and_altered_files(tmp_path):
+    from lwm.data.integrity import (
+        FILE_MANIFEST,
+        IntegrityError,
+        check_checkpoint_directory,
+        check_file_manifest,
+        write_checkpoint_manifests,
+    )
+
+    run = tmp_path / "run"
+    for step in (1, 2):
+        (run / f"step_{step}" / "model" / "d").mkdir(parents=True)
+        (run / f"step_{step}" / "model" / "d" / "blob").write_bytes(bytes(range(200)) * step)
+        (run / f"step_{step}" / "config.yaml").write_text("model: {}\n")
+    assert check_checkpoint_directory(run, "VQ tokenizer") == 0  # nothing recorded yet
+    assert len(write_checkpoint_manifests(run)) == 2 and write_checkpoint_manifests(run) == []
+    assert check_checkpoint_directory(run, "VQ tokenizer") == 2
+    step = run / "step_2"
+    assert check_file_manifest(step, checksums=True)
+    blob = step / "model" / "d" / "blob"
+    data = bytearray(blob.read_bytes())
+    data[7] ^= 1
+    blob.write_bytes(bytes(data))
+    assert check_file_manifest(step)  # same size: only the checksum tells
+    with pytest.raises(IntegrityError, match=r"file model/d/blob fails its checksum"):
+        check_file_manifest(step, what="VQ checkpoint", checksums=True)
+    blob.write_bytes(bytes(data[:50]))
+    with pytest.raises(IntegrityError) as error:
+        check_checkpoint_directory(run, "VQ tokenizer")
+    assert one_line(error) == (f"VQ tokenizer {step}: file model/d/blob holds 50 bytes, expected 400 "
+                               f"(truncated or altered); restore or rewrite it")
+    blob.unlink()
+    with pytest.raises(IntegrityError, match="file model/d/blob is missing"):
+        check_file_manifest(step, what="model directory")
+    (step / FILE_MANIFEST).unlink()
+    with pytest.raises(IntegrityError, match="no lwm-files.json"):
+        check_file_manifest(step, required=True)
+
+
+def test_reading_turns_a_library_failure_into_one_line(tmp_path):
+    from lwm.data.integrity import IntegrityError, reading
+
+    with pytest.raises(IntegrityError) as error:
+        with reading(tmp_path / "model", "model directory"):
+            try:
+                raise ValueError("DATA_LOSS: digest mismatch in params/d/abc\nand 200 more lines")
+            except ValueError as cause:
+                raise Exception("Encountered error while reading array index") from cause
+    message = one_line(error)
+    assert message.startswith(f"model directory {tmp_path / 'model'} cannot be read (ValueError: "
+                              f"DATA_LOSS: digest mismatch in params/d/abc)")
+    with pytest.raises(FileNotFoundError), reading(tmp_path, "x"):
+        raise FileNotFoundError("already one line")
+    with pytest.raises(StoreError), reading(tmp_path, "x"):
+        raise StoreError("an lwm error passes through")
