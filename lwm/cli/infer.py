@@ -94,14 +94,29 @@ def _engine(config: Any):
     )
 
 
+def _is_lwm_release(config: Any) -> bool:
+    # A model converted from LWM's JAX files reads LWM's prompts and LLaMA's tokenizer.
+    from lwm.model.formats.lwm_checkpoint import is_lwm_release
+
+    return bool(config.load.model) and is_lwm_release(config.load.model)
+
+
 def _tokenizer(config: Any):
+    if _is_lwm_release(config):
+        from lwm.config import ConfigError
+        from lwm.data.lwm_layout import LwmTokenizer
+
+        if not config.load.tokenizer:
+            raise ConfigError(f"load.model={config.load.model} is an LWM release: pass LLaMA's tokenizer "
+                              f"as --load.tokenizer PATH/tokenizer.model")
+        return LwmTokenizer(config.load.tokenizer)
     from lwm.data.text_tokenizer import load_text_tokenizer
 
     return load_text_tokenizer(config.load.tokenizer or None)
 
 
 def _vq(config: Any):
-    from lwm.model.vqgan_convert import load_vq_tokenizer
+    from lwm.model.vq_tokenizer import load_vq_tokenizer
 
     return load_vq_tokenizer(config.load.vq, resolution=config.load.vq_resolution)
 
@@ -114,16 +129,22 @@ def _run_chat(args: argparse.Namespace, overrides: list[str]) -> int:
                                    "interactive": "chat.interactive"}) + list(overrides)
     config = load_config(ChatRunConfig, args.config, overrides)
     _setup_devices(config.cpu_devices)
-    from lwm.infer.video_qa import ChatSession, encode_video
+    from lwm.infer.video_qa import ChatSession, LwmChatSession, encode_video
 
     engine = _engine(config)
     tokenizer = _tokenizer(config)
+    lwm_release = _is_lwm_release(config)
     codes = None
     if config.chat.video:
-        codes = encode_video(_vq(config), config.chat.video, config.chat.max_frames)
+        if lwm_release:  # LWM's frame choice and preprocessing (lwm.data.lwm_layout)
+            from lwm.data.lwm_layout import encode_vision
+
+            codes = encode_vision(_vq(config), config.chat.video, config.chat.max_frames)
+        else:
+            codes = encode_video(_vq(config), config.chat.video, config.chat.max_frames)
         print(f"chat: {len(codes)} frames of {config.chat.video} as {codes.size} VQ codes")
     sampling = config.sampling
-    session = ChatSession(
+    session = (LwmChatSession if lwm_release else ChatSession)(
         engine, tokenizer, cache_size=config.cache.max_len or None, max_new_tokens=sampling.max_new_tokens,
         sampling=sampling.params(), template=config.chat.template, seed=sampling.seed,
         stop_ids=(tokenizer.eos_id, *sampling.stop_tokens),

@@ -83,8 +83,7 @@ class ChatSession:
         self.turns: list[Turn] = []
         self._ended_with_eos = True
         config = engine.config
-        self._data_config = DataConfig(chat=template, tokens_per_frame=config.tokens_per_frame,
-                                       codebook_size=config.codebook_size)
+        self._data_config = DataConfig(chat=template, vision=config.vision)
         self._continuation_config = dataclasses.replace(
             self._data_config, chat=dataclasses.replace(template, system="", add_bos=False)
         )
@@ -137,6 +136,27 @@ class ChatSession:
         answer = self.tokenizer.decode(answer_ids).strip()
         self.turns.append(Turn(question, answer, len(ids), len(answer_ids), stopped))
         return answer
+
+
+class LwmChatSession(ChatSession):
+    """A `ChatSession` for LWM's released models (`lwm convert jax2lwm`): prompts are built by
+    `lwm.data.lwm_layout` exactly as LWM's `vision_chat` builds them (BOS before each encoded
+    piece, every frame ended by `<eov>`), with LWM's LLaMA tokenizer (`LwmTokenizer`)."""
+
+    def turn_tokens(self, question: str, vision_codes: np.ndarray | None = None) -> tuple[list[int], list[bool]]:
+        """Ids and vision flags the next turn appends (LWM's whole prompt on the first turn)."""
+        from lwm.data.lwm_layout import chat_prompt, followup_prompt
+
+        if vision_codes is not None and not self.engine.config.has_vision:
+            raise ValueError("this model has no vision vocabulary (model.vision_vocab_size is 0): it cannot read video")
+        if not self.turns:
+            return chat_prompt(self.tokenizer, question, vision_codes)
+        ids, flags = followup_prompt(self.tokenizer, question)
+        if vision_codes is not None:
+            raise ValueError("LWM's prompt holds the video in the first turn only")
+        if not self._ended_with_eos:
+            ids, flags = [self.tokenizer.eos_id] + ids, [False] + flags
+        return ids, flags
 
 
 def answer_video_question(

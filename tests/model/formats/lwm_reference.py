@@ -10,6 +10,7 @@ Also `write_like_tux`: tux's `StreamingCheckpointer.save_checkpoint`, one
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -180,8 +181,13 @@ def init_lwm_llama(shape: dict, scan_layers: bool, seed: int = 0, seq: int = 4) 
 def lwm_logits(shape: dict, params: dict, ids, vision_mask, scan_layers: bool):
     """LWM's (vision logits, text logits) for `ids` with positions 0..T-1."""
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-    apply = jax.jit(LwmForCausalLM(shape, scan_layers).apply)
-    return apply(params, jnp.asarray(ids), jnp.asarray(vision_mask), positions)
+    return _compiled_apply(tuple(sorted(shape.items())), scan_layers)(
+        params, jnp.asarray(ids), jnp.asarray(vision_mask), positions)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_apply(shape_items, scan_layers):
+    return jax.jit(LwmForCausalLM(dict(shape_items), scan_layers).apply)
 
 
 # ---------------------------------------------------------------------------------------------
