@@ -428,7 +428,7 @@ def tokenize_to_store(
     extra = {"flush_tokens": flush_tokens} if flush_tokens else {}
     start, report = (0, 1), BadRecordReport(config.bad_record_examples)
     check_store_path(store_path, overwrite=overwrite)
-    if resume and not overwrite and store_path.exists():
+    if resume and not overwrite and store_path.is_dir() and any(store_path.iterdir()):
         writer = TokenStoreWriter.open(store_path, **extra)
         check_same_vocabulary(store_path, writer.metadata, vocabulary, config.format)
         progress = writer.progress or {}

@@ -165,3 +165,100 @@ def test_missing_vocab_size_is_a_config_error(tokenizer):
     with pytest.raises(ConfigError, match="text_vocab_size"):
         ExampleEncoder(DataConfig(), NoVocab())
     assert ExampleEncoder(DataConfig(text_vocab_size=10), NoVocab())({"text": "x"}).tokens.tolist() == [1, 5, 2]
+
+
+def test_both_directions_make_two_examples_per_record(tokenizer, small_vision_config):
+    from lwm.data.records import mirrored_segments, render_template
+
+    segments = small_vision_config.resolved_segments()
+    mirror = mirrored_segments(segments)
+    assert render_template(mirror) == "[caption],vision"
+    assert render_template(mirrored_segments(mirror)) == "[vision],caption"
+    encoder = ExampleEncoder(small_vision_config, tokenizer, (segments, mirror))
+    to_caption, to_video = encoder.encode_all({"vision": list(range(4)), "caption": "ok"})
+    assert tokenizer.decode(to_video.tokens, to_video.is_vision) == (
+        "<s>ok<vision><v0><v1><v2><v3><v17></vision></s>")
+    # LWM's template rules: the bracketed caption carries no loss, the video and eos do.
+    assert to_video.loss_mask.tolist() == [False] * 3 + [True] * 8
+    assert to_caption.loss_mask.tolist() == [False] * 8 + [True] * 3
+    # A record bad for one template is bad as a whole.
+    from lwm.data.records import RecordProblem
+
+    with pytest.raises(RecordProblem, match="caption"):
+        encoder.encode_all({"vision": list(range(4))})
+
+
+def test_two_examples_per_record_survive_a_crash_whole(tmp_path, tokenizer, small_vision_config,
+                                                        monkeypatch):
+    from lwm.data.records import mirrored_segments
+
+    lines = [{"vision": list(range(4 * (1 + i % 2))), "caption": f"clip {i}"} for i in range(12)]
+    path = write_jsonl(tmp_path / "codes.jsonl", lines)
+    config = dataclasses.replace(small_vision_config, paths=(path,))
+    segments = config.resolved_segments()
+    sets = (segments, mirrored_segments(segments))
+    clean = tokenize_to_store(config, tokenizer, store_path=tmp_path / "clean", show_progress=False,
+                              flush_tokens=50, segment_sets=sets)
+    assert clean.records_read == 12 and len(TokenStore(tmp_path / "clean")) == 24
+    original_commit, calls = TokenStoreWriter._commit, []
+
+    def failing_commit(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated crash")
+        original_commit(self)
+
+    monkeypatch.setattr(TokenStoreWriter, "_commit", failing_commit)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_to_store(config, tokenizer, store_path=tmp_path / "crashed", show_progress=False,
+                          flush_tokens=50, segment_sets=sets)
+    monkeypatch.setattr(TokenStoreWriter, "_commit", original_commit)
+    assert len(TokenStore(tmp_path / "crashed")) % 2 == 0  # never half a record
+    tokenize_to_store(config, tokenizer, store_path=tmp_path / "crashed", show_progress=False,
+                      flush_tokens=50, segment_sets=sets)
+    resumed, expected = TokenStore(tmp_path / "crashed"), TokenStore(tmp_path / "clean")
+    assert len(resumed) == 24
+    for index in range(24):
+        np.testing.assert_array_equal(resumed[index].tokens, expected[index].tokens)
+    assert expected.metadata["templates"] == ["[vision],caption", "[caption],vision"]
+    resumed.verify()
+
+
+def test_adding_to_a_store_of_other_vocabularies_or_paths_is_refused(tmp_path, tokenizer,
+                                                                      small_vision_config):
+    from lwm.config.vision import VisionVocab
+    from lwm.data.store import StoreError
+
+    path = write_jsonl(tmp_path / "codes.jsonl", [{"vision": [1, 2, 3, 4], "caption": "a"}])
+    config = dataclasses.replace(small_vision_config, paths=(path,), store_path=str(tmp_path / "store"))
+    tokenize_to_store(config, tokenizer, show_progress=False)
+    before = (tmp_path / "store" / "store.json").read_text()
+    bigger = dataclasses.replace(config, vision=VisionVocab(codebook_size=32, tokens_per_frame=4))
+    with pytest.raises(StoreError, match=r"holds codebook_size=16 but this run gives 32"):
+        tokenize_to_store(bigger, tokenizer, show_progress=False)
+    assert (tmp_path / "store" / "store.json").read_text() == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="is an existing file"):
+        tokenize_to_store(config, tokenizer, store_path=tmp_path / "file", overwrite=True,
+                          show_progress=False)
+    assert (tmp_path / "file").read_text() == "x"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a token store"):
+        tokenize_to_store(config, tokenizer, store_path=tmp_path / "other", show_progress=False)
+    (tmp_path / "empty").mkdir()
+    tokenize_to_store(config, tokenizer, store_path=tmp_path / "empty", show_progress=False)
+    assert len(TokenStore(tmp_path / "empty")) == 1
+
+
+def test_bad_json_lines_are_skipped_and_counted(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "a.jsonl", [{"text": "one"}, "{broken", {"text": "two"}, "[1, 2]"])
+    config = DataConfig(paths=(path,), store_path=str(tmp_path / "store"), on_bad_record="skip")
+    report = tokenize_to_store(config, tokenizer, show_progress=False)
+    assert report.counts == {"malformed_json": 1, "not_an_object": 1}
+    assert report.examples["malformed_json"] == [f"{path}:2: not valid JSON: Expecting property "
+                                                 f"name enclosed in double quotes at column 2"]
+    assert len(TokenStore(tmp_path / "store")) == 2
+    with pytest.raises(BadRecordError, match=r"a.jsonl:2: .*\[malformed_json\]"):
+        tokenize_to_store(dataclasses.replace(config, on_bad_record="error"), tokenizer,
+                          store_path=tmp_path / "strict", show_progress=False)
