@@ -160,3 +160,86 @@ def measured_train_step_bytes(config: TrainRunConfig) -> dict[str, Any]:
         "peak_bytes": int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
                           - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference (a KV-cache engine holding one long context)
+
+@dataclasses.dataclass(frozen=True)
+class InferencePlan:
+    """Bytes per device to hold a model and a KV cache of `context` positions and prefill it.
+
+    - parameters: each weight's shard under the mesh rules, in the parameter dtype;
+    - KV cache: `2·L·K·D·C·b·batch / (sp·tp)` (keys and values of every layer; positions over
+      sp, key/value heads over tp);
+    - gathered weights: one layer's weights plus the embedding tables and heads, whole, in the
+      compute dtype (fully sharded weights are gathered before use);
+    - prefill working set: one prefill chunk of `chunk` tokens per sp shard through one layer
+      (`chunk·b·(8·E + 2·K·D + 4·F)`) plus one attention block `H/tp·chunk·key_chunk·4`.
+    """
+
+    parameters: int
+    parameter_bytes: int
+    kv_cache_bytes: int
+    gathered_bytes: int
+    prefill_bytes: int
+    context: int
+    mesh: dict[str, int]
+
+    @property
+    def total_bytes(self) -> int:
+        """Everything held at the peak of a prefill step."""
+        return self.parameter_bytes + self.kv_cache_bytes + self.gathered_bytes + self.prefill_bytes
+
+    def report(self, device_memory_gib: float = 0.0) -> str:
+        """A human-readable table; says whether it fits `device_memory_gib` when given."""
+        mesh = " × ".join(f"{name}={size}" for name, size in self.mesh.items())
+        rows = [
+            ("parameters (count)", f"{self.parameters:,}"),
+            ("parameters", _gib(self.parameter_bytes)),
+            (f"KV cache at {self.context:,} tokens", _gib(self.kv_cache_bytes)),
+            ("gathered weights", _gib(self.gathered_bytes)),
+            ("prefill working set", _gib(self.prefill_bytes)),
+            ("inference total", _gib(self.total_bytes)),
+        ]
+        lines = [f"inference per device, mesh {mesh}:"] + [f"  {name:<34} {value:>14}" for name, value in rows]
+        if device_memory_gib:
+            limit = device_memory_gib * GIB
+            verdict = "fits" if self.total_bytes <= limit else "does NOT fit"
+            lines.append(f"inference {verdict} in {device_memory_gib:g} GiB per device "
+                         f"({self.total_bytes / limit:.0%} of it)")
+        return "\n".join(lines)
+
+
+def _itemsize(dtype: str) -> int:
+    return 2 if dtype in ("bfloat16", "float16") else 4
+
+
+def plan_inference(model_config: Any, device_count: int, context: int, *, mesh: Any = None,
+                   cache_dtype: str = "bfloat16", compute_dtype: str | None = None, batch: int = 1,
+                   prefill_chunk: int = 1024, key_chunk: int = 1024) -> InferencePlan:
+    """The per-device memory of serving `model_config` with a `context`-token KV cache on
+    `device_count` devices; the mesh defaults to every device on sp (as `lwm chat` splits the
+    cache). Shapes come from `jax.eval_shape`; nothing is allocated."""
+    from lwm.config import MeshConfig
+
+    mesh_sizes = resolve_axis_sizes(mesh or MeshConfig(dp=1, fsdp=1, tp=1, sp=-1), device_count)
+    abstract = nnx.eval_shape(lambda: LlamaModel(model_config, rngs=nnx.Rngs(0)))
+    variables = jax.tree.leaves(nnx.state(abstract, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))
+    count = sum(int(np.prod(v.shape)) for v in variables)
+    shard = sum(math.prod(shard_shape(tuple(v.shape), logical_axes_of(v), mesh_sizes)) for v in variables)
+    compute = _itemsize(compute_dtype or model_config.dtype)
+    E, F, L = model_config.hidden_size, model_config.intermediate_size, model_config.num_layers
+    K, D, H = model_config.kv_heads, model_config.head_dim, model_config.num_heads
+    tp = mesh_sizes["tp"]
+    kv_split = mesh_sizes["sp"] * (tp if K % tp == 0 else 1)
+    kv_cache = 2 * L * K * D * context * _itemsize(cache_dtype) * batch // kv_split
+    vocab = model_config.vocab_size + (model_config.vision_vocab_size if model_config.has_vision else 0)
+    layer_weights = 2 * E * H * D + 2 * E * K * D + 3 * E * F
+    gathered = (layer_weights + E * vocab * (1 if model_config.tie_embeddings else 2)) * compute
+    chunk = min(prefill_chunk, max(context // mesh_sizes["sp"], 1))
+    heads_local = H // tp if H % tp == 0 else H
+    prefill = batch * (chunk * compute * (8 * E + 2 * K * D + 4 * F) + heads_local * chunk * key_chunk * 4)
+    return InferencePlan(parameters=count, parameter_bytes=shard * _itemsize(model_config.param_dtype),
+                         kv_cache_bytes=kv_cache, gathered_bytes=gathered, prefill_bytes=prefill,
+                         context=context, mesh=mesh_sizes)
