@@ -83,6 +83,8 @@ def _run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         prefill_chunk_size=config.cache.prefill_chunk, key_chunk_size=config.cache.key_chunk,
     )
     tokenizer = load_text_tokenizer(config.load.tokenizer or None)
+    # The engine's own prefill bar only where one item is long enough to wait for.
+    engine.progress = config.progress and config.suite == "ruler" and max(config.ruler.lengths) >= 65536
     if config.suite == "vniah":
         return _run_vniah(config, engine, tokenizer)
     return _run_ruler(config, engine, tokenizer)
