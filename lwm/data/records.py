@@ -69,6 +69,11 @@ class BadRecordError(LwmError, ValueError):
         super().__init__(f"{path}:{line}: {detail} [{reason}]")
         self.path, self.line, self.reason, self.detail = str(path), line, reason, detail
 
+    def __reduce__(self):
+        # Picklable with its fields, so an error raised in a data worker process reaches the
+        # main process (and the CLI's one line) intact.
+        return (type(self), (self.path, self.line, self.reason, self.detail))
+
 
 class BadRecordReport:
     """Counts of skipped records by reason, with the first few `file:line: detail` of each."""

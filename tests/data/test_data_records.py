@@ -262,3 +262,11 @@ def test_bad_json_lines_are_skipped_and_counted(tmp_path, tokenizer):
     with pytest.raises(BadRecordError, match=r"a.jsonl:2: .*\[malformed_json\]"):
         tokenize_to_store(dataclasses.replace(config, on_bad_record="error"), tokenizer,
                           store_path=tmp_path / "strict", show_progress=False)
+
+
+def test_bad_record_error_survives_a_worker_process(tmp_path):
+    import pickle
+
+    error = pickle.loads(pickle.dumps(BadRecordError(tmp_path / "a.jsonl", 3, "malformed_json", "not JSON")))
+    assert str(error) == f"{tmp_path / 'a.jsonl'}:3: not JSON [malformed_json]"
+    assert (error.line, error.reason, error.detail) == (3, "malformed_json", "not JSON")
