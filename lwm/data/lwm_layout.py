@@ -95,8 +95,9 @@ class LwmTokenizer:
         """LLaMA has no pad id; LWM pads with 0 under a zero attention mask."""
         return 0
 
-    def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> list[int]:
-        """Ids of `text` as `LlamaTokenizer.encode(text)` gives them (BOS first by default)."""
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Ids of `text`; `<s>`/`</s>` in the text become BOS/EOS. BOS/EOS are added only when
+        asked (as the project's `TextTokenizer` does); `hf_encode` is LWM's `tokenizer.encode`."""
         ids = [self.bos_id] if add_bos else []
         for segment in self._SPECIAL.split(text):
             if segment == "<s>":
@@ -108,6 +109,10 @@ class LwmTokenizer:
         if add_eos:
             ids.append(self.eos_id)
         return ids
+
+    def hf_encode(self, text: str) -> list[int]:
+        """`LlamaTokenizer.encode(text)` as LWM calls it: BOS, then the text's ids."""
+        return self.encode(text, add_bos=True)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids` with BOS/EOS dropped (`skip_special_tokens=True`)."""
@@ -144,7 +149,7 @@ def chat_prompt(tokenizer: LwmTokenizer, question: str, codes_FN: np.ndarray | N
     """Ids and vision flags of LWM's vision-chat prompt for one question (and optional frames).
 
     With frames: `vision_chat.construct_input`'s five encodings. Without: the same prompt with
-    no vision span (`encode(text_1) + encode(" ASSISTANT:")`).
+    no vision span (`hf_encode(text_1) + hf_encode(" ASSISTANT:")`).
     """
     ids: list[int] = []
     flags: list[bool] = []
@@ -153,12 +158,12 @@ def chat_prompt(tokenizer: LwmTokenizer, question: str, codes_FN: np.ndarray | N
         ids.extend(tokens)
         flags.extend([vision] * len(tokens))
 
-    add(tokenizer.encode(f"<s>{SYSTEM} USER: {question}\n"), False)
+    add(tokenizer.hf_encode(f"<s>{SYSTEM} USER: {question}\n"), False)
     if codes_FN is not None:
-        add(tokenizer.encode("<vision>"), False)
+        add(tokenizer.hf_encode("<vision>"), False)
         add(chat_vision_tokens(codes_FN), True)
-        add(tokenizer.encode("</vision>"), False)
-    add(tokenizer.encode(" ASSISTANT:"), False)
+        add(tokenizer.hf_encode("</vision>"), False)
+    add(tokenizer.hf_encode(" ASSISTANT:"), False)
     return ids, flags
 
 
