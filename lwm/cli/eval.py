@@ -75,19 +75,35 @@ def _run_eval(args: argparse.Namespace, overrides: list[str]) -> int:
         # Fake CPU devices must be requested before JAX starts its backend.
         if jax.config.jax_platforms in (None, "", "cpu"):
             jax.config.update("jax_num_cpu_devices", config.cpu_devices)
-    from lwm.data.text_tokenizer import load_text_tokenizer
     from lwm.infer.cache import load_inference_model
+    from lwm.model.formats.lwm_checkpoint import is_lwm_release
 
     engine = load_inference_model(
         config.load.model, mesh_config=config.mesh, dtype=config.load.dtype, cache_dtype=config.cache.dtype,
         prefill_chunk_size=config.cache.prefill_chunk, key_chunk_size=config.cache.key_chunk,
     )
-    tokenizer = load_text_tokenizer(config.load.tokenizer or None)
+    lwm_release = is_lwm_release(config.load.model)
+    tokenizer = _tokenizer(config, lwm_release)
     # The engine's own prefill bar only where one item is long enough to wait for.
     engine.progress = config.progress and config.suite == "ruler" and max(config.ruler.lengths) >= 65536
     if config.suite == "vniah":
-        return _run_vniah(config, engine, tokenizer)
+        return _run_vniah(config, engine, tokenizer, lwm_release)
     return _run_ruler(config, engine, tokenizer)
+
+
+def _tokenizer(config, lwm_release: bool):
+    """The project's tokenizer, or LLaMA's (as LWM applies it) for a converted LWM release."""
+    if lwm_release:
+        from lwm.config import ConfigError
+        from lwm.data.lwm_layout import LwmTokenizer
+
+        if not config.load.tokenizer:
+            raise ConfigError(f"load.model={config.load.model} is an LWM release: pass LLaMA's tokenizer as "
+                              f"--load.tokenizer PATH/tokenizer.model")
+        return LwmTokenizer(config.load.tokenizer)
+    from lwm.data.text_tokenizer import load_text_tokenizer
+
+    return load_text_tokenizer(config.load.tokenizer or None)
 
 
 def _run_ruler(config, engine, tokenizer) -> int:
@@ -108,12 +124,14 @@ def _run_ruler(config, engine, tokenizer) -> int:
     return 0
 
 
-def _run_vniah(config, engine, tokenizer) -> int:
+def _run_vniah(config, engine, tokenizer, lwm_release: bool) -> int:
     from lwm.eval.vniah import run_vniah
+    from lwm.infer.video_qa import ChatSession, LwmChatSession
     from lwm.model.vq_tokenizer import load_vq_tokenizer
 
     vq = load_vq_tokenizer(config.load.vq, resolution=config.load.vq_resolution)
-    report = run_vniah(engine, tokenizer, vq, config.vniah, config.vniah.output_dir, progress=config.progress)
+    report = run_vniah(engine, tokenizer, vq, config.vniah, config.vniah.output_dir, progress=config.progress,
+                       session_class=LwmChatSession if lwm_release else ChatSession)
     for frames, accuracy in report.by_frames().items():
         print(f"  {frames:>6d} frames: accuracy {accuracy:.2f}")
     print(f"eval: {report.new_cells} new cells, {report.resumed_cells} resumed; accuracy {report.accuracy:.3f}; "

@@ -181,8 +181,13 @@ def run_vniah(
     output_dir: str | Path | None = None,
     *,
     progress: bool = True,
+    session_class: type[ChatSession] = ChatSession,
 ) -> VniahReport:
-    """Runs (or resumes) the frames x depth grid and writes results and the heatmap."""
+    """Runs (or resumes) the frames x depth grid and writes results and the heatmap.
+
+    `session_class` lays out the prompt: `ChatSession` for models trained here,
+    `lwm.infer.video_qa.LwmChatSession` for LWM's released models (LWM's exact layout).
+    """
     if not engine.config.has_vision:
         raise VniahError("this model has no vision vocabulary (model.vision_vocab_size is 0): V-NIAH needs a "
                          "vision-language model")
@@ -204,7 +209,7 @@ def run_vniah(
     done = {r["key"] for r in results}
     todo = [cell for cell in make_cells(settings) if cell["key"] not in done]
     size = vq_tokenizer.resolution
-    session = ChatSession(engine, tokenizer, cache_size=None, template=settings.template)
+    session = session_class(engine, tokenizer, cache_size=None, template=settings.template)
     haystacks: dict[int, np.ndarray] = {}
     generator = None
     bar = None
