@@ -9,9 +9,8 @@ run directory; the final resumed curve must equal a straight run's.
 
 import signal
 
-import jax
 import pytest
-from train_helpers import examples, losses_by_step, tiny_config
+from train_helpers import compilation_cache, examples, losses_by_step, tiny_config
 
 from lwm.train import hooks, loop
 from lwm.train.checkpoint import Checkpointer
@@ -21,17 +20,9 @@ STEPS = ["--train.steps", "8", "--checkpoint.every_steps", "3"]
 
 
 @pytest.fixture(autouse=True)
-def compilation_cache(tmp_path_factory):
-    # Every train() call compiles the same step; a persistent cache makes the later ones cheap.
-    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs,
-              jax.config.jax_persistent_cache_min_entry_size_bytes)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax-cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", before[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", before[2])
+def cache(tmp_path_factory):
+    with compilation_cache(tmp_path_factory.mktemp("jax-cache")):
+        yield
 
 
 def signal_on_call(monkeypatch, owner, name, call: int, signum=signal.SIGTERM, after=False):

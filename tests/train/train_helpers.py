@@ -3,10 +3,12 @@ loss curves, a fake bucket."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import fsspec
+import jax
 from etils import epath
 from fsspec.implementations.memory import MemoryFileSystem
 
@@ -75,3 +77,27 @@ def install_fake_bucket() -> type[FakeBucket]:
 
     backend.fsspec_backend._get_filesystem.cache_clear()
     return FakeBucket
+
+
+CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                 "jax_persistent_cache_min_entry_size_bytes")
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: os.PathLike):
+    """JAX's persistent compilation cache in `directory` (every train() compiles the same step;
+    later ones, and subprocesses given `cache_env(directory)`, then load it instead)."""
+    before = [getattr(jax.config, name) for name in CACHE_OPTIONS]
+    for name, value in zip(CACHE_OPTIONS, (str(directory), 0, 0)):
+        jax.config.update(name, value)
+    try:
+        yield
+    finally:
+        for name, value in zip(CACHE_OPTIONS, before):
+            jax.config.update(name, value)
+
+
+def cache_env(directory: os.PathLike) -> dict[str, str]:
+    """Environment variables giving a subprocess the same compilation cache."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(directory), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
