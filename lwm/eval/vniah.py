@@ -25,8 +25,8 @@ import numpy as np
 
 from lwm.config.eval import VniahConfig
 from lwm.errors import LwmError
-from lwm.eval.needle import plot_heatmap
 from lwm.eval.ruler.haystacks import NOUNS
+from lwm.eval.ruler.report import plot_grid
 from lwm.eval.ruler.runner import CachedGenerator
 from lwm.infer.video_qa import ChatSession
 
@@ -241,10 +241,22 @@ def run_vniah(
         bar.close()
     if not results_path.is_file():
         _write_json(results_path, {"settings": expected, "results": results})
-    heatmap = None
-    if results:
-        rows = [{"context_length": r["frames"], "asked_depths": [r["depth"]], "correct": [r["correct"]]} for r in results]
-        accuracy = np.mean([r["correct"] for r in results])
-        heatmap = plot_heatmap(rows, output_dir / HEATMAP_FILE,
-                               title=f"V-NIAH ({settings.needle}): {accuracy:.1%}; columns: frames")
+    heatmap = plot_vniah_heatmap(results, output_dir / HEATMAP_FILE, settings.needle) if results else None
     return VniahReport(results, results_path, heatmap, len(todo), len(done))
+
+
+def plot_vniah_heatmap(results: list[dict[str, Any]], path: str | Path, needle: str) -> Path:
+    """Needle depth (rows, 0% on top) x haystack frames (columns), share answered correctly."""
+    frames = sorted({r["frames"] for r in results})
+    depths = sorted({r["depth"] for r in results})
+    total = np.zeros((len(depths), len(frames)))
+    count = np.zeros((len(depths), len(frames)))
+    for r in results:
+        total[depths.index(r["depth"]), frames.index(r["frames"])] += float(r["correct"])
+        count[depths.index(r["depth"]), frames.index(r["frames"])] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        matrix = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    accuracy = float(np.mean([r["correct"] for r in results]))
+    return plot_grid(matrix, [str(n) for n in frames], [f"{d:g}" for d in depths], path,
+                     title=f"V-NIAH ({needle}): {accuracy:.1%} of {len(results)}", xlabel="haystack (frames)",
+                     ylabel="needle depth (%)")

@@ -128,6 +128,15 @@ def plot_task_heatmap(results: Sequence[dict[str, Any]], task: str, path: str | 
     lengths, labels, matrix = heatmap_grid(results, task)
     if not lengths:
         return None
+    hits = [h for r in results if r["task"] == task for h in r["hits"]]
+    return plot_grid(matrix, [length_label(length) for length in lengths], labels, path,
+                     title=f"{task}: {np.mean(hits):.1%} of {len(hits)} references found", xlabel="length (tokens)",
+                     ylabel="depth of the reference (%)" if labels != ["all"] else "")
+
+
+def plot_grid(matrix: np.ndarray, columns: Sequence[str], rows: Sequence[str], path: str | Path, *, title: str,
+              xlabel: str, ylabel: str) -> Path:
+    """A heatmap of shares in [0, 1] (NaN: not run), red to green, each cell labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,14 +144,13 @@ def plot_task_heatmap(results: Sequence[dict[str, Any]], task: str, path: str | 
     from matplotlib.colors import LinearSegmentedColormap
 
     colormap = LinearSegmentedColormap.from_list("ruler", ["#F0496E", "#EBB839", "#0CD79F"])
-    figure, axis = plt.subplots(figsize=(max(5.0, 0.7 * len(lengths) + 2.5), max(2.5, 0.4 * len(labels) + 1.5)))
+    figure, axis = plt.subplots(figsize=(max(5.0, 0.7 * len(columns) + 2.5), max(2.5, 0.4 * len(rows) + 1.5)))
     image = axis.imshow(np.ma.masked_invalid(matrix), cmap=colormap, vmin=0.0, vmax=1.0, aspect="auto")
-    axis.set_xticks(range(len(lengths)), [length_label(length) for length in lengths])
-    axis.set_yticks(range(len(labels)), labels)
-    axis.set_xlabel("length (tokens)")
-    axis.set_ylabel("depth of the reference (%)" if labels != ["all"] else "")
-    hits = [h for r in results if r["task"] == task for h in r["hits"]]
-    axis.set_title(f"{task}: {np.mean(hits):.1%} of {len(hits)} references found")
+    axis.set_xticks(range(len(columns)), list(columns))
+    axis.set_yticks(range(len(rows)), list(rows))
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
     for row in range(matrix.shape[0]):
         for column in range(matrix.shape[1]):
             if np.isfinite(matrix[row, column]):
