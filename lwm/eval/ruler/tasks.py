@@ -174,8 +174,7 @@ def make_item(task: str, length: int, index: int, context: TaskContext) -> Item:
         raise EvalError(f"unknown task {task!r}: use any of {', '.join(TASKS)}")
     spec = TASKS[task]
     generate = {"niah": _niah_item, "vt": _vt_item, "cwe": _cwe_item, "fwe": _fwe_item, "qa": _qa_item}[spec.family]
-    item = generate(spec, task, length, index, context)
-    return item
+    return generate(spec, task, length, index, context)
 
 
 def _target(spec: Any, task: str, length: int, context: TaskContext, fixed: int) -> tuple[int, int]:
