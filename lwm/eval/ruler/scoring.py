@@ -4,6 +4,8 @@ A prediction is first cleaned as RULER does (stripped; control characters become
 - `string_match_all` (every synthetic task): the share of references that appear in the
   prediction, case-insensitively, averaged over samples, in percent.
 - `string_match_part` (QA): 1 when any reference appears, averaged over samples, in percent.
+  (lm-eval-harness's port takes the maximum over samples instead of the mean; this follows
+  RULER's `scripts/eval/synthetic/constants.py`.)
 """
 
 from __future__ import annotations
