@@ -30,6 +30,9 @@ CORE = [
     # `lwm serve`: the OpenAI-compatible HTTP server.
     "fastapi==0.165.0",
     "uvicorn==0.54.0",
+    # RULER's frequent-words task (zeta) and rendered needles (PIL, with matplotlib).
+    "scipy==1.17.1",
+    "pillow==13.0.0",
 ]
 PARITY = [
     "torch==2.13.0",
@@ -47,7 +50,6 @@ DEV = PARITY + WORLDMODELS + [
     "pytest>=8,<9",
     "pytest-xdist>=3.5,<4",
     "hypothesis>=6.100,<7",
-    "scipy>=1.13,<2",
     "ruff==0.17.6",
     # Real clients of `lwm serve` in its tests.
     "openai==3.57.0",
