@@ -12,18 +12,18 @@ CORE = [
     "orbax-checkpoint==0.12.8",
     "tensorstore==0.1.86",
     "einops==0.8.2",
-    "numpy>=2.0,<3",
+    "numpy==2.4.6",
     "transformers==5.23.0",
     "sentencepiece==0.2.3",
-    "safetensors>=0.4,<1",
+    "safetensors==0.8.0",
     "grain==0.2.18",
     "av==18.1.0",
     "imageio==2.38.1",
     "draccus==0.11.6",
-    "pyyaml>=6,<7",
+    "pyyaml==6.0.4",
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
-    "tqdm>=4.66,<5",
+    "tqdm==4.70.1",
     # One filesystem layer for local paths and gs:// URLs alike.
     "etils[epath]==1.15.0",
     "fsspec==2026.9.0",
@@ -47,9 +47,9 @@ WORLDMODELS = [
 ]
 DOOM = ["vizdoom==1.3.2"]
 DEV = PARITY + WORLDMODELS + [
-    "pytest>=8,<9",
-    "pytest-xdist>=3.5,<4",
-    "hypothesis>=6.100,<7",
+    "pytest==8.4.2",
+    "pytest-xdist==3.8.0",
+    "hypothesis==6.170.17",
     "ruff==0.17.6",
     # Real clients of `lwm serve` in its tests.
     "openai==3.57.0",
