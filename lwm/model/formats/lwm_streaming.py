@@ -40,6 +40,7 @@ _CHUNK_MARK = "__msgpack_chunked_array__"
 _EXT_NDARRAY = 1
 _EXT_NPSCALAR = 3
 _READ_SIZE = 64 * 2**20
+_MAX_RECORD = 2**36
 
 
 class CheckpointFormatError(LwmError, ValueError):
@@ -177,7 +178,8 @@ def iter_streaming_records(path: str | Path, *, progress: bool = True,
     size = path.stat().st_size
     last = "(start of file)"
     with open(path, "rb") as handle, _progress(size if progress else 0, f"read {path.name}") as bar:
-        unpacker = msgpack.Unpacker(handle, read_size=_READ_SIZE, max_buffer_size=0, raw=False,
+        # A scanned 7B float32 file has records of ~5.8 GB; msgpack's 0 ("unlimited") means 4 GiB.
+        unpacker = msgpack.Unpacker(handle, read_size=_READ_SIZE, max_buffer_size=_MAX_RECORD, raw=False,
                                     strict_map_key=False)
         done = 0
         while True:
@@ -297,4 +299,11 @@ def write_streaming(path: str | Path, items: Iterable[tuple[tuple[str, ...], Any
 
 def _write_record(handle: BinaryIO, packer: msgpack.Packer, key: tuple[str, ...], array: Any,
                   chunk_bytes: int) -> None:
-    handle.write(packer.pack([list(key), encode_array(array, chunk_bytes)]))
+    value = encode_array(array, chunk_bytes)
+    if len(value) >= 2**32:
+        # msgpack's largest bin is 4 GiB - 1: tux could not write (nor read) such a record either.
+        raise CheckpointFormatError(
+            f"{'/'.join(key)} takes {len(value) / 2**30:.1f} GiB, more than one msgpack record holds; "
+            f"write it with --dtype bfloat16 or --no-scan-layers"
+        )
+    handle.write(packer.pack([list(key), value]))
