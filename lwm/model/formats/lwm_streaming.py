@@ -286,13 +286,17 @@ def write_streaming(path: str | Path, items: Iterable[tuple[tuple[str, ...], Any
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     packer = msgpack.Packer(use_bin_type=True)
-    with open(partial, "wb") as handle, tqdm(total=progress_total, desc=f"write {path.name}",
-                                             disable=jax.process_index() != 0, leave=False) as bar:
-        for key, array in items:
-            _write_record(handle, packer, key, array, chunk_bytes)
-            bar.update(1)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(partial, "wb") as handle, tqdm(total=progress_total, desc=f"write {path.name}",
+                                                 disable=jax.process_index() != 0, leave=False) as bar:
+            for key, array in items:
+                _write_record(handle, packer, key, array, chunk_bytes)
+                bar.update(1)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)
     return path
 
