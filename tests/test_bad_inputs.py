@@ -507,10 +507,12 @@ def test_model_directory_truncated(tmp_path, capsys, model_dir):
 
 
 def test_prompt_longer_than_the_cache(tmp_path, capsys, model_dir):
-    # chat keeps one cache for the whole conversation (generate sizes its cache to the prompt).
+    # chat keeps one cache for the whole conversation (generate sizes its cache to the prompt);
+    # on the tests' 8 devices the smallest cache is key_chunk 128 x sp 8 = 1024 positions.
     check(tmp_path, capsys, ["chat", "--config", ROOT / "configs/infer/chat-tiny.yaml", "--model", model_dir,
                              "--cache.max_len", "128", "--sampling.max_new_tokens", "8",
-                             "--question", "word " * 400], "chat", "cache", inputs=model_dir.parent)
+                             "--question", "word " * 1500], "chat", "cache.max_len",
+          inputs=model_dir.parent)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,8 +75,10 @@ def _is_user_error(error: BaseException) -> bool:
         return True
     if type(error).__name__ in USER_ERROR_NAMES:
         return True
-    # lwm/infer/cache.py still raises a plain ValueError for a prompt longer than the cache.
-    return isinstance(error, ValueError) and "exceed the cache size" in str(error)
+    # lwm/infer/cache.py and lwm/infer/video_qa.py still raise a plain ValueError for a prompt
+    # longer than the cache; until they raise an LwmError, recognise their two messages.
+    return isinstance(error, ValueError) and any(
+        phrase in str(error) for phrase in ("exceed the cache size", "but the cache holds"))
 
 
 def find_user_error(error: BaseException) -> BaseException | None:
