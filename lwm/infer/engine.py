@@ -5,7 +5,8 @@ positions split over the mesh's `sp` devices as everywhere in `lwm.infer`). Requ
 bounded queue; a free slot takes the next one. Every iteration of the loop is one call of
 `InferenceModel.extend` over all slots: a decoding slot feeds its last sampled token, a slot
 still reading its prompt feeds its next chunk (`prefill_chunk` tokens), an idle slot feeds
-nothing (new length 0). So waiting prompts are prefilled chunk by chunk between the decode steps
+nothing (new length 0); the step is as wide as the longest pending prompt part (a power of four,
+at most a chunk). So waiting prompts are prefilled chunk by chunk between the decode steps
 of the running ones, and a long prompt never stalls the others for more than one chunk. Each
 slot finishes on its own (`max_tokens`, a stop id such as EOS, a stop string, a full row, or a
 cancelled request) and frees its slot at once.
@@ -220,6 +221,14 @@ class _Slot:
 
     def drop(self) -> None:
         self.ids, self.flags, self.records = [], [], []
+
+
+def _bucket(count: int) -> int:
+    """The smallest power of four >= count (>= 1): step and batch sizes that compile once each."""
+    size = 1
+    while size < count:
+        size *= 4
+    return size
 
 
 def _common_prefix(a_ids, a_flags, b_ids, b_flags) -> int:
@@ -439,8 +448,11 @@ class Engine:
             self.cache = KVCache(self.cache.k, self.cache.v, lengths)
 
     def _run_step(self, running: list[_Slot]) -> None:
-        prefilling = [slot for slot in running if slot.running.fed < len(slot.running.prompt_ids)]
-        width = self.prefill_chunk if prefilling else 1
+        pending = max((len(slot.running.prompt_ids) - slot.running.fed for slot in running), default=0)
+        # The step is as wide as the longest pending prompt part, rounded up to a power of four (few
+        # compiled shapes) and at most one chunk: a prefix hit that leaves a few tokens to read, or
+        # decoding alone (width 1), does not pay for a whole chunk.
+        width = min(self.prefill_chunk, _bucket(pending))
         rows = len(self.slots)
         ids_ST = np.zeros((rows, width), np.int32)
         flags_ST = np.zeros((rows, width), bool)
@@ -502,7 +514,7 @@ class Engine:
                     owners.append((slot, position + 1))
         if not picks:
             return
-        size = 1 << max(len(picks) - 1, 0).bit_length()  # few distinct shapes to compile
+        size = _bucket(len(picks))  # few distinct shapes to compile
         index = np.asarray(picks + [picks[0]] * (size - len(picks)))
         hidden_NE = hidden_STE[index[:, 0], index[:, 1]]
         logits_NV = self.model.logits(hidden_NE, "text")

@@ -38,7 +38,7 @@ def test_lm_eval_local_completions(server, small_model, tokenizer, tmp_path):
         model="local-completions",
         model_args={"base_url": server.url + "/completions", "model": "lwm", "tokenizer_backend": "remote",
                     "tokenized_requests": True, "num_concurrent": 4, "max_retries": 1, "max_length": 256},
-        tasks=["lwm_tiny_mc"], task_manager=TaskManager(include_path=str(task_dir)), log_samples=True,
+        tasks=["lwm_tiny_mc"], task_manager=TaskManager(include_path=str(task_dir), include_defaults=False), log_samples=True,
         batch_size=1,
     )
     samples = results["samples"]["lwm_tiny_mc"]
