@@ -14,15 +14,15 @@ from lwm.data.video import write_video
 
 @pytest.fixture(scope="module")
 def vq_run(tmp_path_factory):
+    """A VQ tokenizer directory as `lwm train-vq` writes it (the tiny preset's architecture, its
+    initial weights: what the codes mean does not matter here, only their shape and range)."""
     from lwm.config.vq import VQTrainRunConfig
-    from lwm.train.vq import train_vq
+    from lwm.model.vq_tokenizer import save_vq_checkpoint
+    from lwm.model.vqgan import init_vqgan
 
     run_dir = tmp_path_factory.mktemp("vq")
-    config = load_config(VQTrainRunConfig, "configs/vq/tiny.yaml", [
-        "--train.steps", "3", "--train.warmup_steps", "1", "--checkpoint.dir", str(run_dir),
-    ])
-    frames = np.random.default_rng(0).integers(0, 255, size=(16, 32, 32, 3), dtype=np.uint8)
-    train_vq(config, frames=frames, progress=False)
+    config = load_config(VQTrainRunConfig, "configs/vq/tiny.yaml", ["--checkpoint.dir", str(run_dir)])
+    save_vq_checkpoint(run_dir / "step_00000000", init_vqgan(config.model, seed=0), config)
     return run_dir
 
 
