@@ -195,6 +195,14 @@ def _run_generate(args: argparse.Namespace, overrides: list[str]) -> int:
         )[0]
         print(section.prompt + result.text)
         return 0
+    if _is_lwm_release(config):
+        from lwm.config import ConfigError
+
+        raise ConfigError(
+            f"load.model={config.load.model} is an LWM release: vision generation with LWM's prompts "
+            f"(lwm.data.lwm_layout.generation_prompt_ids) is not wired into lwm generate yet; "
+            f"--generate.mode text works"
+        )
     vq = _vq(config)
     codes = generate_vision(
         engine, tokenizer, section.prompt, num_frames=section.num_frames, image=section.image.stage(),

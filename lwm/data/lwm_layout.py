@@ -204,6 +204,13 @@ def generation_prompts(prompt: str, video: bool = False) -> tuple[str, str]:
     return f"<s>{SYSTEM} USER: Generate {kind} of {prompt} ASSISTANT: <vision>", UNCONDITIONAL_PROMPT
 
 
+def generation_prompt_ids(tokenizer: LwmTokenizer, prompt: str, video: bool = False) -> tuple[list[int], list[int]]:
+    """Ids of `vision_generation`'s conditional and unconditional prompts (each `hf_encode`d;
+    LWM left-pads both to 128 tokens, which does not change what they compute)."""
+    conditional, unconditional = generation_prompts(prompt, video)
+    return tokenizer.hf_encode(conditional), tokenizer.hf_encode(unconditional)
+
+
 def forced_end_of_frame(step: int) -> bool:
     """Whether generated token number `step` (1-based) is forced to `<eof>` (every 257th)."""
     return step % TOKENS_PER_FRAME == 0
