@@ -82,9 +82,11 @@ class SignalWatch:
     checkpoint being written then is left as an unfinished temporary folder that is never
     read, and the previous checkpoint stays the newest.
 
-    In a multi-process job SIGTERM is left to JAX's preemption service, which picks a step
-    every process reaches (`distributed.preemption_agreed`); only SIGINT is watched here.
-    Outside the main thread nothing is installed (Python delivers signals to it alone).
+    In a multi-process job nothing is installed: the processes must stop at the same step, so
+    SIGTERM is left to JAX's preemption service, which picks a step every process reaches
+    (`distributed.preemption_agreed`); SIGINT there ends the process as a kill would (the
+    checkpoints stay as they were). Outside the main thread nothing is installed either
+    (Python delivers signals to the main thread alone).
     """
 
     def __init__(self) -> None:
@@ -94,8 +96,9 @@ class SignalWatch:
     def __enter__(self) -> SignalWatch:
         if threading.current_thread() is not threading.main_thread():
             return self
-        signals = [signal.SIGINT] if jax.process_count() > 1 else [signal.SIGTERM, signal.SIGINT]
-        for signum in signals:
+        if jax.process_count() > 1:
+            return self
+        for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
