@@ -602,6 +602,22 @@ class Engine:
                                 **self._first_fields(run)))
 
 
+def text_generator(engine: Engine, decode: Callable[[Sequence[int]], str], *, max_new_tokens: int,
+                   stop_ids: Sequence[int], sampling: SamplingParams = SamplingParams(),
+                   seed: int = 0) -> Callable[[Sequence[int]], str]:
+    """A `generate(prompt_ids) -> answer_text` callable over the engine (what `lwm needle` and
+    `lwm make-qa` take, like `lwm.infer.generate.TextGenerator`): one request per call, greedy by
+    default; consecutive prompts that share a prefix (the same haystack) reuse it."""
+    counter = itertools.count(seed)
+
+    def generate(prompt_ids: Sequence[int]) -> str:
+        request = Request(tuple(int(t) for t in prompt_ids), max_tokens=max_new_tokens, sampling=sampling,
+                          seed=next(counter), stop_ids=tuple(stop_ids))
+        return decode(engine.generate([request])[0].tokens)
+
+    return generate
+
+
 def wait_idle(engine: Engine, timeout: float = 10.0) -> bool:
     """Waits until no slot runs and nothing waits (for tests and benchmarks)."""
     end = time.monotonic() + timeout
