@@ -32,14 +32,18 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.config is None and not overrides:
         raise ConfigError("lwm tokenize needs --config PATH or the fields as overrides")
     config = load_config(TokenizeConfig, args.config, overrides)
-    check_outputs(config)  # before loading the VQ model: a wrong path fails at once
+    # Outputs and the text tokenizer before the VQ model (the slow load): wrong paths fail at once.
+    check_outputs(config)
     from lwm.data.integrity import check_checkpoint_directory, reading
+    from lwm.data.text_tokenizer import load_text_tokenizer
     from lwm.model.vq_tokenizer import load_vq_tokenizer
 
+    with reading(config.data.tokenizer or "(the default)", "text tokenizer (data.tokenizer)"):
+        text_tokenizer = load_text_tokenizer(config.data.tokenizer or None)
     check_checkpoint_directory(config.vq_tokenizer, "VQ tokenizer")
     with reading(config.vq_tokenizer, "VQ tokenizer"):
         vq = load_vq_tokenizer(config.vq_tokenizer, batch_size=config.vq_batch_size)
-    print(tokenize_videos(config, vq).describe())
+    print(tokenize_videos(config, vq, text_tokenizer).describe())
     return 0
 
 
