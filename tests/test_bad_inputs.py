@@ -310,6 +310,17 @@ def test_store_array_metadata_deleted(tmp_path, capsys):
     check(tmp_path, capsys, ["inspect-store", tmp_path / "store"], "inspect-store", "is_vision")
 
 
+def test_train_refuses_a_store_with_a_deleted_chunk_before_training(tmp_path, capsys):
+    make_store(tmp_path / "store")
+    (tmp_path / "store" / "tokens" / "c" / "1").unlink()
+    line = check(tmp_path, capsys, ["train", "--config", ROOT / "configs/tiny.yaml",
+                                    "--data.store_path", tmp_path / "store", "--train.steps", "2",
+                                    "--train.warmup_steps", "0", "--logging.output_dir", tmp_path / "run"],
+                 "train", tmp_path / "store", "array 'tokens' chunk 1", "missing", new_files_allowed=True)
+    assert "step" not in line
+    assert not list((tmp_path / "run").rglob("*.orbax*")) and not list((tmp_path / "run").rglob("step*"))
+
+
 def test_store_vocabulary_mismatch_when_adding(tmp_path, capsys, assets):
     argv = tokenize_args(tmp_path, assets, [good_line(assets)])
     assert main([str(a) for a in argv]) == 0
