@@ -321,6 +321,16 @@ def test_train_refuses_a_store_with_a_deleted_chunk_before_training(tmp_path, ca
     assert not list((tmp_path / "run").rglob("*.orbax*")) and not list((tmp_path / "run").rglob("step*"))
 
 
+def test_a_mesh_larger_than_the_cpu_says_how_to_get_fake_devices(tmp_path, capsys):
+    make_store(tmp_path / "store")
+    check(tmp_path, capsys, ["train", "--config", ROOT / "configs/tiny.yaml", "--data.store_path",
+                             tmp_path / "store", "--mesh.sp", "16", "--model.attention", "ring",
+                             "--logging.output_dir", tmp_path / "run"], "train",
+          "cannot use 8 devices", "XLA_FLAGS=--xla_force_host_platform_device_count=16",
+          "jax_num_cpu_devices",
+          new_files_allowed=True)
+
+
 def test_store_vocabulary_mismatch_when_adding(tmp_path, capsys, assets):
     argv = tokenize_args(tmp_path, assets, [good_line(assets)])
     assert main([str(a) for a in argv]) == 0
