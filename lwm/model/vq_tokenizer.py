@@ -123,8 +123,11 @@ class VQTokenizer:
         for start in range(0, len(inputs), self.batch_size):
             chunk = inputs[start:start + self.batch_size]
             count = len(chunk)
-            if count < self.batch_size:  # pad so one compiled shape serves every batch
-                pad = np.zeros((self.batch_size - count, *chunk.shape[1:]), chunk.dtype)
+            # Pad a short batch to the next power of two (at most batch_size): a few compiled
+            # shapes serve every call, and a handful of frames is not computed as a full batch.
+            target = min(self.batch_size, 1 << max(count - 1, 0).bit_length())
+            if count < target:
+                pad = np.zeros((target - count, *chunk.shape[1:]), chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
             outputs.append(np.asarray(run(self._state, jnp.asarray(chunk)))[:count])
         return np.concatenate(outputs)
