@@ -273,7 +273,7 @@ def test_store_chunk_bytes_flipped(tmp_path, capsys):
     data[0] ^= 0xFF
     chunk.write_bytes(bytes(data))
     check(tmp_path, capsys, ["inspect-store", tmp_path / "store", "--verify"], "inspect-store",
-          "array 'tokens' chunk 2")
+          "array 'tokens' chunk 2", progress_before=True)
 
 
 def test_store_offsets_chunk_deleted(tmp_path, capsys):

@@ -63,7 +63,7 @@ def _run_inspect_store(args: argparse.Namespace) -> int:
               f"({', '.join(f'{name} {count}' for name, count in chunks.items())})")
     store = TokenStore(args.path)
     if args.verify:
-        checked = store.verify()
+        checked = store.verify(show_progress=True)
         print(f"verified {sum(checked.values())} chunks of {args.path}: every checksum matches")
     info = store.summary()
     if args.json:

@@ -145,8 +145,12 @@ def check_array_presence(store: Path, name: str, layout: ArrayLayout, length: in
 
 def verify_array_checksums(store: Path, name: str, read: Callable[[int, int], np.ndarray],
                            length: int, layout: ArrayLayout, record: Mapping[str, Any],
-                           error: type[Exception] = IntegrityError) -> int:
-    """Reads every committed chunk and compares its CRC-32 with `record`; returns chunks checked."""
+                           error: type[Exception] = IntegrityError,
+                           on_chunk: Callable[[], None] | None = None) -> int:
+    """Reads every committed chunk and compares its CRC-32 with `record`; returns chunks checked.
+
+    `on_chunk` is called after each chunk (a progress bar).
+    """
     recorded = list(record.get("crc32", []))
     for chunk in range(layout.chunk_count(length)):
         start = chunk * layout.chunk_elements
@@ -163,6 +167,8 @@ def verify_array_checksums(store: Path, name: str, read: Callable[[int, int], np
             raise error(f"{where} fails its checksum (crc32 {actual:08x}, store.json "
                              f"records {recorded[chunk]:08x}): the store is damaged; re-tokenize "
                              f"or restore it from a copy")
+        if on_chunk is not None:
+            on_chunk()
     return layout.chunk_count(length)
 
 

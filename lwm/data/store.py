@@ -521,7 +521,7 @@ class TokenStore:
                              f"{self.path}` to find the chunk") from None
         return examples
 
-    def verify(self) -> dict[str, int]:
+    def verify(self, show_progress: bool = False) -> dict[str, int]:
         """Reads every committed chunk and checks its CRC-32; returns chunks checked per array.
 
         Raises `StoreError` naming the store, array and chunk of the first mismatch, or saying
@@ -531,12 +531,17 @@ class TokenStore:
         if record is None:
             raise StoreError(f"{self.path} records no chunk checksums (written before they were "
                              f"kept): run `lwm inspect-store --rehash {self.path}` to add them")
+        from tqdm import tqdm
+
         arrays = {**self._arrays, "offsets": self._offsets_array}
         checked = {}
-        for name, length in _committed_lengths(self.metadata).items():
-            checked[name] = integrity.verify_array_checksums(
-                self.path, name, _reader(arrays[name]), length, _layout(self.path, name),
-                record["arrays"][name], StoreError)
+        total = sum(int(entry["chunks"]) for entry in record["arrays"].values())
+        with tqdm(total=total, desc="verifying", unit=" chunks", disable=not show_progress,
+                  leave=False) as bar:
+            for name, length in _committed_lengths(self.metadata).items():
+                checked[name] = integrity.verify_array_checksums(
+                    self.path, name, _reader(arrays[name]), length, _layout(self.path, name),
+                    record["arrays"][name], StoreError, on_chunk=bar.update)
         return checked
 
     def __iter__(self) -> Iterator[TokenExample]:
