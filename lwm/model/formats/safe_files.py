@@ -1,9 +1,10 @@
 """Reading parameter files without executing code: flax msgpack trees and restricted pickles.
 
 Pickles go through `SafeUnpickler`, which allows exactly the globals numpy (and jax, whose
-arrays pickle through `jax._src.array._reconstruct_array`) need to rebuild arrays, and
-refuses every other one, so a pickle cannot run code. jax arrays come back as numpy arrays:
-the jax reconstruction global is replaced by a function that only rebuilds the numpy value.
+arrays pickle through `jax._src.array._reconstruct_array`) need to rebuild arrays, plus flax's
+`FrozenDict` (a parameter tree from an older flax `init`), and refuses every other one, so a
+pickle cannot run code. jax arrays come back as numpy arrays and FrozenDicts as dicts: those
+globals are replaced by functions that only rebuild the numpy value or the dict.
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ def _rebuild_jax_array(fun: Any, args: Any, arr_state: Any, aval_state: Any) -> 
     return value
 
 
+_FROZEN_DICT = ("flax.core.frozen_dict", "FrozenDict")
+
+
+def _plain_dict(mapping: Any = None) -> dict:
+    """What unpickling a flax `FrozenDict` needs (`FrozenDict(dict)`), as a plain dict."""
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, dict):
+        raise UnsafeFileError(f"a FrozenDict in the pickle is built from a {type(mapping).__name__}, not a dict")
+    return dict(mapping)
+
+
 class SafeUnpickler(pickle.Unpickler):
     """An unpickler that rebuilds numpy (and jax) arrays, dicts, lists and scalars, and refuses
     every other global, so a pickle cannot run code (no `os.system`, no arbitrary constructors)."""
@@ -61,6 +74,8 @@ class SafeUnpickler(pickle.Unpickler):
         """Returns the global only when it is on the array allow list."""
         if (module, name) == _JAX_RECONSTRUCT:
             return _rebuild_jax_array
+        if (module, name) == _FROZEN_DICT:  # flax parameter trees pickled as FrozenDicts
+            return _plain_dict
         if (module, name) in _ALLOWED_PICKLE_GLOBALS:
             return super().find_class(module, name)
         raise UnsafeFileError(
