@@ -10,6 +10,7 @@ Public API:
   ``jax.shard_map``); :func:`ring_schedule` counts its per-step work per device.
 - :func:`decode_attention`, :func:`ring_decode_attention` - a few queries against a KV cache,
   whole or sharded; :func:`update_cache`, :func:`update_sharded_cache` write new entries.
+  All four take ``layer=`` to read or write one layer of an all-layer cache in place.
 - :func:`blockwise_feedforward` - token-wise functions applied chunk by chunk.
 - :func:`to_layout`, :func:`from_layout`, :func:`layout_positions` - balanced sequence layouts.
 - :func:`dense_attention` - the O(S^2) reference.

@@ -117,7 +117,9 @@ def measure(args) -> dict:
     for length in [int(x) for x in args.prefill_lengths.split(",") if x]:
         size = engine.round_cache_size(length + 1)
         prompt = rng.integers(3, config.vocab_size, length).tolist()
-        engine.prefill(engine.init_cache(1, size), [prompt[: args.prefill_chunk]])  # compile
+        # Compiles both signatures of the chunk step (the first chunk's arguments are fresh
+        # arrays, later ones are the previous step's outputs).
+        engine.prefill(engine.init_cache(1, size), [prompt[: 2 * args.prefill_chunk]])
         cache = engine.init_cache(1, size)
         before = _matmul_rate(jax, jnp)
         wall = time.perf_counter()
@@ -174,10 +176,11 @@ def measure(args) -> dict:
     return results
 
 
-def compare(args, argv) -> dict:
+def compare(args) -> dict:
     """Measures `--baseline` and `--source` alternately, each run in a fresh process."""
     runs: dict[str, list[dict]] = {"baseline": [], "new": []}
-    forwarded = [a for a in argv if not a.startswith(("--baseline", "--rounds", "--json", "--source"))]
+    forwarded = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
+                 if name not in ("baseline", "rounds", "json", "source")]
     with tempfile.TemporaryDirectory() as folder:
         for round_ in range(args.rounds):
             for name, tree in (("baseline", args.baseline), ("new", args.source)):
@@ -198,9 +201,8 @@ def compare(args, argv) -> dict:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
     args = _parse_args(argv)
-    results = compare(args, argv) if args.baseline else measure(args)
+    results = compare(args) if args.baseline else measure(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
