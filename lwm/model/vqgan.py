@@ -2,7 +2,7 @@
 
 The architecture is the aMUSEd / open-MUSE VQGAN exactly as diffusers' `VQModel` builds it (the
 f16 model LWM uses: 256x256 frames -> 16x16 codes from an 8192x64 codebook), so weights import
-layer for layer (`lwm.model.vqgan_convert`). Layers, in order:
+layer for layer (`lwm.model.formats`). Layers, in order:
 
 - Encoder: `conv_in` 3x3; per level a down block of `num_res_blocks` residual blocks and, on all
   but the last level, a stride-2 3x3 conv after zero padding right/bottom by one; a mid block
@@ -312,7 +312,7 @@ class VQGAN(nnx.Module):
 
     Example: `model = init_vqgan(config); codes = model.encode(frames_to_pixels(frames))` with
     uint8 `frames` `[N, H, W, 3]`. (`init_vqgan` draws the same initial distributions as this
-    constructor, faster on CPU; `lwm.model.vqgan_convert` loads trained weights.)
+    constructor, faster on CPU; `lwm.load_vq` / `lwm.model.vq_tokenizer` load trained weights.)
     """
 
     def __init__(self, config: VQModelConfig, *, rngs: nnx.Rngs):

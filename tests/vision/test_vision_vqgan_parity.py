@@ -14,12 +14,9 @@ diffusers = pytest.importorskip("diffusers")
 
 import jax  # noqa: E402
 
-from lwm.model.vqgan_convert import (  # noqa: E402
-    UnsafeFileError,
-    diffusers_config_to_vq,
-    load_param_file,
-    load_vq_tokenizer,
-)
+from lwm.model.formats.diffusers_vq import diffusers_config_to_vq  # noqa: E402
+from lwm.model.formats.safe_files import UnsafeFileError, load_param_file  # noqa: E402
+from lwm.model.vq_tokenizer import load_vq_tokenizer  # noqa: E402
 
 TINY = dict(
     block_out_channels=(32, 32, 64),
@@ -168,8 +165,9 @@ def test_amused_f16_architecture_matches_diffusers_layer_for_layer():
 
     from lwm.config import load_config
     from lwm.config.vq import VQTrainRunConfig
+    from lwm.model.formats.diffusers_vq import diffusers_state_to_ours
+    from lwm.model.formats.vq_assign import iter_variables as _iter_variables
     from lwm.model.vqgan import abstract_vqgan
-    from lwm.model.vqgan_convert import _iter_variables, diffusers_state_to_ours
 
     preset = Path(__file__).resolve().parents[2] / "configs" / "vq" / "amused-f16.yaml"
     config = load_config(VQTrainRunConfig, preset).model
