@@ -24,6 +24,9 @@ CORE = [
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
+    # LWM's streaming checkpoint format is msgpack records of flax-serialized arrays.
+    "msgpack==1.2.4",
+    "ml_dtypes==0.7.0",
     # One filesystem layer for local paths and gs:// URLs alike.
     "etils[epath]==1.15.0",
     "fsspec==2026.9.0",
