@@ -192,7 +192,7 @@ TINY = {
     "train-vq": ["--train.steps", "2", "--train.warmup_steps", "1", "--train.batch_size", "2",
                  "--checkpoint.every", "2", "--train.log_every", "1"],
     "tokenize": ["--workers", "1", "--progress_bar", "false", "--num_frames", "2"],
-    "train": ["--train.steps", "2", "--train.warmup_steps", "0", "--data.batch_size", "2",
+    "train": ["--train.steps", "2", "--train.warmup_steps", "0", "--data.batch_size", "8",
               "--data.seq_len", "512"],
     "generate": [],
 }
