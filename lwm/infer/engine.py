@@ -278,6 +278,7 @@ class Engine:
         self._seeds = np.random.default_rng()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._paused = threading.Event()
         self.steps = 0
         self.prefix_hits = 0
 
@@ -351,11 +352,21 @@ class Engine:
             if slot.running is not None:
                 self._finish(slot, "cancelled")
 
+    def pause(self) -> None:
+        """Holds the background loop between steps (requests keep queueing) until `resume()`."""
+        self._paused.set()
+
+    def resume(self) -> None:
+        """Lets a paused loop run again."""
+        self._paused.clear()
+        with self._wake:
+            self._wake.notify()
+
     def _serve_forever(self) -> None:
         while not self._stop.is_set():
-            if not self.step():
+            if self._paused.is_set() or not self.step():
                 with self._wake:
-                    if self.waiting.empty() and not self._stop.is_set():
+                    if (self.waiting.empty() or self._paused.is_set()) and not self._stop.is_set():
                         self._wake.wait(timeout=0.5)
 
     def generate(self, requests: Sequence[Request]) -> list[Completion]:

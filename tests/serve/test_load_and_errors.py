@@ -76,9 +76,9 @@ def test_bad_requests_get_their_errors_while_others_carry_on(server, media_root)
     _assert_error(_post(server, "/completions", content=b"x" * 2_100_000, headers={"content-type": "application/json"}),
                   413)
     _too_many_frames(server)
-    _queue_full(server)
     _api_key(server)
     worker.join(timeout=60)
+    _queue_full(server)  # after the stream ended, so no slot frees while the queue is full
     assert streamed["status"] == 200 and streamed["lines"][-1] == "data: [DONE]"
     chunks = [json.loads(line[6:]) for line in streamed["lines"][:-1]]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
@@ -100,13 +100,27 @@ def _too_many_frames(server):
 
 
 def _queue_full(server):
-    """More requests at once than slots plus queue: the surplus gets 429, the rest answers."""
-    body = {"prompt": "busy", "max_tokens": 40, "temperature": 0}
-    with ThreadPoolExecutor(16) as pool:
-        responses = list(pool.map(lambda _: _post(server, "/completions", body), range(16)))
-    codes = [response.status_code for response in responses]
-    assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
-    _assert_error(next(r for r in responses if r.status_code == 429), 429)
+    """Every slot busy and the queue full: the next request gets 429 (then the fillers are cancelled)."""
+    from lwm.infer.engine import QueueFull, Request
+
+    engine = server.state.engine
+    engine.pause()  # nothing is admitted meanwhile, so the queue stays full
+    handles = []
+    try:
+        for _ in range(64):
+            try:
+                handles.append(engine.submit(Request((1, 5, 6), max_tokens=200)))
+            except QueueFull:
+                break
+        else:
+            raise AssertionError("the queue never filled")
+        _assert_error(_post(server, "/completions", {"prompt": "x", "max_tokens": 1}), 429)
+    finally:
+        for handle in handles:
+            handle.cancel()
+        engine.resume()
+        for handle in handles:  # cancelled requests leave at the engine's next steps
+            assert handle.done.wait(timeout=30)
 
 
 def _api_key(server):
