@@ -1,6 +1,6 @@
 """Short retrieval experiments on the demo's model: how fast does passkey lookup form?
 
-`python -m lwm.demo.retrieval --steps 150 -- --model.num_layers 2 ...` trains the demo's
+`python -m lwm.demo.retrieval --steps 150 --model.num_layers 2 ...` trains the demo's
 model (configs/demo.yaml, its mesh and ring attention, through `lwm.train.loop.train`) on
 passkey chats only (short single-needle documents and/or recall drills, the demo's generators
 and encoders), then scores held-out chats teacher forced: "digits" is the share of the
@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--drill-needles", type=int, default=4)
     parser.add_argument("--eval-chars", type=int, default=120, help="filler of held-out chats (max)")
     parser.add_argument("--output", default="/tmp/lwm-retrieval")
-    parser.add_argument("overrides", nargs="*", help="demo config overrides, e.g. --model.num_layers 2")
-    args = parser.parse_args(argv)
+    # Anything else is a demo config override, e.g. --model.num_layers 2.
+    args, overrides = parser.parse_known_args(argv)
 
     # The demo's mesh over fake CPU devices; set before JAX starts its backend.
     jax.config.update("jax_num_cpu_devices", 4)
     config = load_config(DemoConfig, Path(__file__).resolve().parents[2] / "configs" / "demo.yaml",
-                         [*args.overrides, "--demo_data.chat_steps", "0", "--train.steps", str(args.steps)])
+                         [*overrides, "--demo_data.chat_steps", "0", "--train.steps", str(args.steps)])
     text_tokenizer = load_text_tokenizer(config.data.tokenizer or None)
     encoder = ExampleEncoder(data_configs(config)["chat"], text_tokenizer)
     records = passkey_drill_records(config.seed, args.short, max_chars=args.short_chars)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     forward = _forward_fn(load_model(results[-1].model_dir, ("--attention", "dense")))
     line = {"steps": args.steps, "seconds": round(seconds, 1), "short": args.short, "short_chars": args.short_chars,
-            "drills": args.drills, "overrides": args.overrides,
+            "drills": args.drills, "overrides": overrides,
             "mean_tokens": round(float(np.mean([len(e) for e in examples])), 1),
             **score_answers(forward, held_out, text_tokenizer)}
     print(json.dumps(line), flush=True)
