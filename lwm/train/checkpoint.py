@@ -17,9 +17,13 @@ over a bad checkpoint silently.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
+import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -133,12 +137,13 @@ class Checkpointer:
         """
         for step in sorted(self.manager.all_steps(), reverse=True):
             error: Exception | None = None
-            try:
-                restored = self.restore(step, abstract_state)
-            except CheckpointMismatchError:
-                raise
-            except Exception as caught:  # noqa: BLE001 - any read failure means "damaged"
-                error, restored = caught, None
+            with _quiet_failed_reads():
+                try:
+                    restored = self.restore(step, abstract_state)
+                except CheckpointMismatchError:
+                    raise
+                except Exception as caught:  # noqa: BLE001 - any read failure means "damaged"
+                    error, restored = caught, None
             # A process that failed to read its share makes the whole step unusable.
             if all(gather_json(error is None)):
                 self.last_saved_step = step
@@ -169,9 +174,30 @@ class Checkpointer:
         self.manager.close()
 
 
+@contextlib.contextmanager
+def _quiet_failed_reads() -> Iterator[None]:
+    """Silences the leftovers of a failed restore.
+
+    Orbax reads the arrays concurrently; when one read fails, the other reads' errors are never
+    retrieved, and Python would print each (hundreds of lines of TensorStore specs) when it
+    collects them. The one-line note of `restore_latest` says what matters.
+    """
+    logger = logging.getLogger("asyncio")
+    level, hook = logger.level, sys.unraisablehook
+    logger.setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        gc.collect()
+        logger.setLevel(level)
+        sys.unraisablehook = hook
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
-    line = text[0] if text else ""
+    # TensorStore appends a long object description; the sentence before it is the message.
+    line = text[0].split(" See full TensorStore details")[0] if text else ""
     return f"{type(error).__name__}: {line[:160]}" if line else type(error).__name__
 
 

@@ -1,13 +1,18 @@
 """Before the first step: the store must fit the model (issue 19.4); a finished run given more
 steps continues; a NaN with no checkpoint yet says so."""
 
+import jax
+import numpy as np
 import pytest
+from flax import nnx
 from train_helpers import VOCAB, examples, losses_by_step, tiny_config, write_store
 
+import lwm
 from lwm.cli import main
 from lwm.config import save_config
 from lwm.train.compat import DataModelMismatchError, check_store_fits_model
 from lwm.train.loop import NonFiniteLossError, newest_step_on_disk, train
+from lwm.train.setup import TrainSetup
 
 
 def test_store_with_a_larger_text_vocabulary_is_refused_before_training(tmp_path):
@@ -50,10 +55,23 @@ def test_cli_refuses_a_mismatched_store_in_one_line(tmp_path, capsys):
     assert code == 2 and "--model.vocab_size 2048" in err and len(err.splitlines()) == 1
 
 
-def test_finished_run_rerun_with_more_steps_continues(tmp_path):
+def test_finished_run_rerun_with_more_steps_continues(tmp_path, monkeypatch):
     first = train(tiny_config(tmp_path, "--train.steps", "2"), source=examples())
     assert first[-1].steps == 2 and (tmp_path / "model" / "params").exists()
     assert train(tiny_config(tmp_path, "--train.steps", "2"), source=examples()) == []
+
+    # from here on no random initialisation may happen: resuming restores straight into the
+    # abstract state, and init_from reads the weights into the abstract parameters
+    def no_random_init(self):
+        raise AssertionError("random parameters were created")
+
+    monkeypatch.setattr(TrainSetup, "create_params", no_random_init)
+    finetune = train(tiny_config(tmp_path / "finetune", "--train.steps", "1", "--checkpoint.init_from",
+                                 str(tmp_path / "model"), "--train.lr", "1e-30"), source=examples())
+    assert finetune[-1].steps == 1
+    for got, want in zip(jax.tree.leaves(nnx.state(lwm.load_model(str(tmp_path / "finetune" / "model")), nnx.Param)),
+                         jax.tree.leaves(nnx.state(lwm.load_model(str(tmp_path / "model")), nnx.Param))):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
     more = train(tiny_config(tmp_path, "--train.steps", "4"), source=examples())
     assert more[-1].steps == 4 and not more[-1].preempted
     assert sorted(losses_by_step(tmp_path)) == [1, 2, 3, 4]
