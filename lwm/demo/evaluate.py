@@ -116,8 +116,13 @@ def video_qa_accuracy(forward: Callable, world: Any, codes: dict[int, np.ndarray
                "accuracy": float(np.mean([r for r, v, _ in rows if v])),
                "text_only_accuracy": float(np.mean([r for r, v, _ in rows if not v])),
                "chance": float(np.mean([c for _, v, c in rows if v]))}
-        for kind, rows in sorted(by_kind.items())}
+        # One-frame kinds first, then those that need time (`QUESTION_KINDS` order).
+        for kind, rows in sorted(by_kind.items(), key=lambda item: _kind_order(item[0]))}
     return results
+
+
+def _kind_order(kind: str) -> tuple[int, str]:
+    return (list(QUESTION_KINDS).index(kind) if kind in QUESTION_KINDS else len(QUESTION_KINDS), kind)
 
 
 def next_frame_accuracy(forward: Callable, world: Any, codes: dict[int, np.ndarray], text_tokenizer: Any,
