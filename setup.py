@@ -58,6 +58,7 @@ DEV = PARITY + WORLDMODELS + [
     "openai==3.57.0",
     "httpx==0.28.1",
     "lm-eval==0.4.13",
+    "tenacity==9.2.1",  # lm-eval's API models (local-completions) need it
 ]
 
 setup(

@@ -14,3 +14,14 @@ from __future__ import annotations
 
 class LwmError(Exception):
     """A mistake in the user's input or files; the message says which and how to fix it."""
+
+    def __reduce__(self):
+        # Subclasses may take other constructor arguments than the message; rebuilding from the
+        # message alone keeps an error raised in a data worker process intact across the pickle.
+        return (_rebuild, (type(self), str(self)), dict(self.__dict__))
+
+
+def _rebuild(cls: type, message: str) -> LwmError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    return error

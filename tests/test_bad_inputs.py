@@ -516,8 +516,6 @@ def test_model_directory_without_params(tmp_path, capsys, model_dir):
           "generate", "params")
 
 
-@pytest.mark.xfail(reason="needs lwm.model.params_io.load_model to check lwm.data.integrity "
-                          "(requested from its owner); Orbax's own error is a traceback", strict=False)
 def test_model_directory_truncated(tmp_path, capsys, model_dir):
     broken = copy_tree(model_dir, tmp_path / "model")
     victim = largest_file(broken / "params")

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from lwm.config import ConfigError, MeshConfig, TrainRunConfig, load_config, save_config
+from lwm.demo import DemoConfig
 from lwm.mesh import make_mesh, resolve_axis_sizes
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -14,7 +15,7 @@ TRAIN_PRESETS = sorted(
     str(path.relative_to(CONFIGS))
     for pattern in ("*.yaml", "long/*.yaml", "vision/*.yaml", "chat/*.yaml")
     for path in CONFIGS.glob(pattern)
-    if path.name != "demo.yaml"
+    if not path.name.startswith("demo")
 )
 
 
@@ -25,9 +26,8 @@ def test_every_preset_loads_and_validates(path):
 
 
 def test_demo_config_and_launchers_point_at_real_presets():
-    from lwm.demo import DemoConfig
-
-    assert load_config(DemoConfig, CONFIGS / "demo.yaml").model.num_layers > 0
+    for name in ("demo.yaml", "demo-full.yaml"):
+        assert load_config(DemoConfig, CONFIGS / name).model.num_layers > 0
     scripts = Path(__file__).resolve().parents[1] / "scripts"
     launchers = sorted(scripts.glob("launch_*.sh"))
     assert len(launchers) == 4
@@ -80,6 +80,7 @@ def test_dotted_overrides_are_typed(tmp_path):
     (["--train.warmup_steps", "500"], "train.warmup_steps=500 must lie between 0 and train.steps=200"),
     (["--train.text_loss_weight", "0", "--train.vision_loss_weight", "0"], "both 0"),
     (["--train.vision_loss_weight", "-1"], "must not be negative"),
+    (["--mesh.dp", "3", "--mesh.fsdp", "1"], "data.batch_size=8 does not divide over the 3 devices"),
 ])
 def test_validation_names_the_wrong_value(overrides, message):
     with pytest.raises(ConfigError, match=None) as error:

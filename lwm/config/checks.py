@@ -41,6 +41,16 @@ def check_sequence(model: ModelConfig, mesh: MeshConfig, seq_len: int) -> None:
                 )
 
 
+def check_batch_divides(batch_size: int, batch_shards: int) -> None:
+    """The global batch splits evenly over the mesh's batch axes (`dp`·`fsdp` devices)."""
+    if batch_size % batch_shards:
+        raise ConfigError(
+            f"data.batch_size={batch_size} does not divide over the {batch_shards} devices of the mesh's "
+            f"batch axes (mesh.dp x mesh.fsdp): use a multiple of {batch_shards}, or move devices to "
+            f"mesh.sp or mesh.tp"
+        )
+
+
 def check_tensor_parallel(model: ModelConfig, mesh: MeshConfig) -> None:
     """Tensor parallelism splits heads, so `tp` must divide both head counts."""
     if mesh.tp <= 0:

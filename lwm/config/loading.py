@@ -18,13 +18,14 @@ import draccus
 import yaml
 
 from lwm.config.errors import ConfigError
+from lwm.paths import as_path
 
 T = TypeVar("T")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Reads a YAML mapping, raising `ConfigError` with the file and line on a syntax error."""
-    path = Path(path)
+    path = as_path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -150,4 +151,4 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def save_config(config: Any, path: str | Path) -> None:
     """Writes the config as YAML, so a run directory records exactly what ran."""
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    as_path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from lwm.config.data import DataConfig
 from lwm.config.errors import ConfigError
@@ -28,6 +29,9 @@ class TokenizeConfig:
     fps: float = 0.0
     workers: int = 4
     vq_batch_size: int = 32
+    # `both`: every video also gives the mirror of the template (caption->video beside
+    # video->caption), so vision tokens carry loss; `fields`: the template alone.
+    directions: Literal["both", "fields"] = "both"
     codes_path: str = ""
     overwrite: bool = False
     progress_bar: bool = True

@@ -5,7 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from lwm.config.checks import check_sequence, check_stage_lengths, check_tensor_parallel, data_with_model_vision
+from lwm.config.checks import (
+    check_batch_divides,
+    check_sequence,
+    check_stage_lengths,
+    check_tensor_parallel,
+    data_with_model_vision,
+)
 from lwm.config.data import DataConfig
 from lwm.config.errors import ConfigError
 from lwm.config.model import MeshConfig, ModelConfig
@@ -182,3 +188,5 @@ class TrainRunConfig:
         check_sequence(self.model, self.mesh, self.data.seq_len)
         check_stage_lengths([(stage.name, stage.seq_len) for stage in self.stages], self.mesh)
         check_tensor_parallel(self.model, self.mesh)
+        if self.mesh.dp > 0 and self.mesh.fsdp > 0:
+            check_batch_divides(self.data.batch_size, self.mesh.dp * self.mesh.fsdp)

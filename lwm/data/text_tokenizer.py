@@ -14,10 +14,16 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from lwm.errors import LwmError
+
 DEFAULT_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "tokenizer.model"
 VISION_START = "<vision>"
 VISION_END = "</vision>"
 _SPECIAL_SPLIT = re.compile(f"({re.escape(VISION_START)}|{re.escape(VISION_END)})")
+
+
+class TokenizerFileError(LwmError, ValueError):
+    """A tokenizer file is not a SentencePiece model, or lacks the vision pieces."""
 
 
 class TextTokenizer:
@@ -38,12 +44,12 @@ class TextTokenizer:
         try:
             self._sp.LoadFromSerializedProto(serialized)
         except Exception as error:  # sentencepiece raises OSError/RuntimeError on bad files
-            raise ValueError(f"{self.model_file}: not a SentencePiece model ({error})") from error
+            raise TokenizerFileError(f"{self.model_file}: not a SentencePiece model ({error})") from error
         self.vision_start_id = self._sp.piece_to_id(VISION_START)
         self.vision_end_id = self._sp.piece_to_id(VISION_END)
         for piece, index in ((VISION_START, self.vision_start_id), (VISION_END, self.vision_end_id)):
             if index == self._sp.unk_id() or self._sp.id_to_piece(index) != piece:
-                raise ValueError(
+                raise TokenizerFileError(
                     f"{self.model_file}: {piece} is not a piece of the model; retrain it with "
                     f"scripts/train_text_tokenizer.py (protobuf is needed to add it to other models)"
                 )
@@ -143,7 +149,7 @@ def _prepare_model(data: bytes, path: Path) -> tuple[bytes, bool]:
     try:
         proto.ParseFromString(data)
     except Exception as error:
-        raise ValueError(f"{path}: not a SentencePiece model ({error})") from error
+        raise TokenizerFileError(f"{path}: not a SentencePiece model ({error})") from error
     existing = {piece.piece for piece in proto.pieces}
     for symbol in (VISION_START, VISION_END):
         if symbol not in existing:

@@ -13,10 +13,13 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from lwm.config import ModelConfig, load_config, save_config
+from lwm.data.integrity import check_file_manifest, reading, write_file_manifest
 from lwm.model.llama import LlamaModel
+from lwm.paths import as_path, is_url
 
 MODEL_CONFIG_FILE = "model.yaml"
 PARAMS_DIR = "params"
@@ -90,14 +93,20 @@ def unstack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
 
 def save_model(model: LlamaModel, directory: str | Path) -> Path:
     """Writes `model.yaml` and `params/` into `directory` (which must not hold params yet)."""
-    import orbax.checkpoint as ocp
-
-    directory = Path(directory).absolute()
+    directory = as_path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_config(model.config, directory / MODEL_CONFIG_FILE)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / PARAMS_DIR, params_dict(model))
+    _finish(directory)
     return directory
+
+
+def _finish(directory: Any) -> None:
+    # A local model directory lists its files last: one without the list was not finished, and
+    # a truncated or missing file is named at load time instead of deep inside Orbax.
+    if not is_url(directory):
+        write_file_manifest(Path(directory))
 
 
 def params_template(config: ModelConfig) -> dict[str, Any]:
@@ -136,9 +145,7 @@ def save_params(config: ModelConfig, params: dict[str, Any], directory: str | Pa
     """Writes `model.yaml` and `params/` from a plain parameter dict (numpy or jax arrays in
     the `params_template` layout), without building the model: converters hold one copy of
     the weights. `directory` must not hold params yet."""
-    import orbax.checkpoint as ocp
-
-    directory = Path(directory).absolute()
+    directory = as_path(directory)
     if (directory / PARAMS_DIR).exists():
         raise FileExistsError(f"{directory / PARAMS_DIR} exists: choose an empty output directory")
     directory.mkdir(parents=True, exist_ok=True)
@@ -146,6 +153,7 @@ def save_params(config: ModelConfig, params: dict[str, Any], directory: str | Pa
         checkpointer.save(directory / PARAMS_DIR, params)
     # The config is written last: a directory with model.yaml holds complete parameters.
     save_config(config, directory / MODEL_CONFIG_FILE)
+    _finish(directory)
     return directory
 
 
@@ -168,22 +176,24 @@ def load_params_tree(directory: str | Path, target: dict[str, Any] | None = None
     one process alone (the main process exporting a model); it skips the cross-process barriers
     that would otherwise wait forever for the others.
     """
-    import orbax.checkpoint as ocp
-
-    path = Path(directory).absolute() / PARAMS_DIR
+    directory = as_path(directory)
+    path = directory / PARAMS_DIR
     if not path.exists():
         raise FileNotFoundError(f"{directory} has no {PARAMS_DIR}/: not an lwm model directory")
+    if not is_url(directory):
+        check_file_manifest(Path(directory), what="model directory")
     options = ocp.options.MultiprocessingOptions()
     if process_local:
         me = jax.process_index()
         options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
-    with ocp.StandardCheckpointer(multiprocessing_options=options) as checkpointer:
+    with reading(directory, "model directory"), \
+            ocp.StandardCheckpointer(multiprocessing_options=options) as checkpointer:
         return checkpointer.restore(path, target) if target is not None else checkpointer.restore(path)
 
 
 def load_model_config(directory: str | Path) -> ModelConfig:
     """The `ModelConfig` stored in a model directory."""
-    path = Path(directory) / MODEL_CONFIG_FILE
+    path = as_path(directory) / MODEL_CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has no {MODEL_CONFIG_FILE}: not an lwm model directory")
     return load_config(ModelConfig, path)
@@ -195,7 +205,7 @@ def load_model(directory: str | Path, overrides: tuple[str, ...] = ()) -> LlamaM
     `overrides` change runtime settings such as `--attention blockwise` or `--dtype bfloat16`;
     shape fields must match the stored parameters.
     """
-    config = load_config(ModelConfig, Path(directory) / MODEL_CONFIG_FILE, overrides)
+    config = load_config(ModelConfig, as_path(directory) / MODEL_CONFIG_FILE, overrides)
     # Restore straight into the abstract model's state: no random initialisation is computed
     # only to be overwritten (for 7B that would double the memory and the load time).
     graphdef, state = nnx.split(abstract_model(config))

@@ -17,8 +17,9 @@ import optax
 from flax import nnx
 
 from lwm.config import TrainRunConfig
+from lwm.config.checks import check_batch_divides
 from lwm.data.batch import abstract_batch
-from lwm.mesh import data_sharding, make_mesh, replicated, state_shardings
+from lwm.mesh import DATA_AXIS, FSDP_AXIS, SEQUENCE_AXIS, data_sharding, make_mesh, replicated, state_shardings
 from lwm.model.attention import sequence_permutation
 from lwm.model.llama import LlamaModel
 from lwm.train.optimizer import make_optimizer
@@ -52,7 +53,9 @@ class TrainSetup:
     def init_state(self, params: nnx.State) -> dict[str, Any]:
         """The training state (parameters, optimizer moments, step 0), sharded."""
         with jax.set_mesh(self.mesh):
-            return jax.jit(lambda p: init_train_state(p, self.optimizer), out_shardings=self.state_shardings)(params)
+            # The parameters are donated: loaded weights are not held twice while the state is built.
+            return jax.jit(lambda p: init_train_state(p, self.optimizer), out_shardings=self.state_shardings,
+                           donate_argnums=0)(params)
 
     def abstract_state(self) -> dict[str, Any]:
         """`ShapeDtypeStruct`s of the training state, with their shardings; allocates nothing."""
@@ -75,6 +78,7 @@ class TrainSetup:
 def train_setup(config: TrainRunConfig) -> TrainSetup:
     """Builds the mesh, the abstract model and every sharding of `config`'s train step."""
     mesh = make_mesh(config.mesh)
+    check_batch_divides(config.data.batch_size, mesh.shape[DATA_AXIS] * mesh.shape[FSDP_AXIS])
     optimizer = make_optimizer(config.train)
     with jax.set_mesh(mesh):
         abstract_model = nnx.eval_shape(lambda: LlamaModel(config.model, rngs=nnx.Rngs(config.train.seed)))
@@ -82,6 +86,6 @@ def train_setup(config: TrainRunConfig) -> TrainSetup:
         param_shardings = state_shardings(abstract_params, mesh)
         full_shardings = train_state_shardings(optimizer, abstract_params, param_shardings, replicated(mesh))
     step_fn = make_train_step(graphdef, optimizer, config.train,
-                              prepare_batch=sequence_permutation(config.model, mesh.shape["sp"]))
+                              prepare_batch=sequence_permutation(config.model, mesh.shape[SEQUENCE_AXIS]))
     return TrainSetup(config, mesh, graphdef, optimizer, abstract_params, param_shardings, full_shardings,
                       data_sharding(mesh), step_fn)

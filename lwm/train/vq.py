@@ -96,7 +96,9 @@ def load_training_frames(data: VQDataConfig, resolution: int, progress: bool = T
               + "; ".join(f"{path} ({reason})" for path, reason in skipped[:5])
               + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
     if not frames:
-        raise ValueError(f"train-vq: none of the {len(videos)} videos could be read")
+        first_path, first_reason = skipped[0]  # every video was skipped
+        raise VideoReadError(first_path, f"{first_reason}; none of the {len(videos)} videos of data.paths "
+                                         f"could be read, so train-vq has no frames")
     return FrameSet(np.concatenate(frames), len(frames), skipped)
 
 
