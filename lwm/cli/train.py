@@ -68,24 +68,35 @@ the chosen remat policy, attention working set, logits, gathered weights) and th
 for a context length, from jax.eval_shape and documented formulas (lwm/train/plan.py);
 nothing is allocated. Says whether training fits a given device memory.
 
+With --inference the config is a model preset (a `model:` section, as configs/lwm/*.yaml) and
+the plan is for serving it: weights, a KV cache of --context tokens split over sp, one prefill
+chunk's working set.
+
 examples:
   lwm plan --config configs/llama2-7b.yaml --devices 8 --device-memory-gib 80
   lwm plan --config configs/long/lwm-text-1m.yaml --devices 256 --context 1048576
+  lwm plan --config configs/lwm/lwm-chat-1m.yaml --inference --devices 32 --context 1048576
 """
 
 
 def _run_plan(args: argparse.Namespace, overrides: list[str]) -> int:
     from lwm.config import ConfigError, TrainRunConfig, load_config
-    from lwm.train.plan import plan_memory
+    from lwm.model.formats.lwm_checkpoint import load_lwm_model_config
+    from lwm.train.plan import plan_inference, plan_memory
 
     if args.config is None:
         raise ConfigError("lwm plan needs --config PATH (see configs/)")
-    config = load_config(TrainRunConfig, args.config, overrides)
     devices = args.devices
     if devices is None:
         import jax
 
         devices = jax.device_count()
+    if args.inference:
+        model = load_lwm_model_config(args.config, overrides)
+        plan = plan_inference(model, devices, args.context or model.max_seq_len)
+        print(plan.report(args.device_memory_gib))
+        return 0
+    config = load_config(TrainRunConfig, args.config, overrides)
     plan = plan_memory(config, devices, args.context or config.data.seq_len)
     print(plan.report(args.device_memory_gib))
     return 0
@@ -103,7 +114,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     plan.add_argument("--devices", type=int, default=None, help="device count (default: this machine's)")
     plan.add_argument("--device-memory-gib", type=float, default=0.0, help="memory per device to check against")
-    plan.add_argument("--context", type=int, default=0, help="KV-cache context length (default: data.seq_len)")
+    plan.add_argument("--context", type=int, default=0,
+                      help="KV-cache context length (default: data.seq_len, or model.max_seq_len with --inference)")
+    plan.add_argument("--inference", action="store_true",
+                      help="plan serving a model preset (configs/lwm/*.yaml) instead of training a run config")
     add_config_command(
         subparsers, "demo", help="run the end-to-end demo on this machine",
         description=DEMO_DESCRIPTION, run=_run_demo, default_config="configs/demo.yaml",
