@@ -130,6 +130,8 @@ class DemoConfig(TrainRunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.seed < 0:  # checked here: the sections it is copied into would name themselves
+            raise ConfigError(f"seed={self.seed} must be zero or positive (lwm demo --seed N)")
         seeded = {
             "synthetic": dataclasses.replace(self.synthetic, seed=self.seed),
             "vq": dataclasses.replace(self.vq, train=dataclasses.replace(self.vq.train, seed=self.seed)),
@@ -142,8 +144,6 @@ class DemoConfig(TrainRunConfig):
     def validate(self) -> None:
         """Raises `ConfigError` when the model, data and tokenizer disagree."""
         super().validate()
-        if self.seed < 0:
-            raise ConfigError(f"seed={self.seed} must be zero or positive")
         if not self.model.has_vision:
             raise ConfigError("model.vision_vocab_size is 0: the demo trains a vision-language model")
         if self.model.codebook_size != self.vq.model.codebook_size or \
