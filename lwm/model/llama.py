@@ -4,6 +4,11 @@ A block is pre-norm attention then a pre-norm SwiGLU MLP, each added to the resi
 RoPE uses Hugging Face's rotate-half layout, so converted weights need no permutation.
 Every parameter carries logical axis names (`logical_axes` metadata) that `lwm.mesh` maps to
 the device mesh.
+
+One block and one layer loop (`LlamaModel.run_layers`) serve training and inference: without
+a cache a block's tokens attend to each other through the pluggable kernel (`hidden_states`);
+with a `CacheView` they are written into a key/value cache and attend to it (`extend`, the
+prefill and decode step that `lwm.infer.cache.InferenceModel` compiles).
 """
 
 from __future__ import annotations
