@@ -129,6 +129,7 @@ def _run_chat(args: argparse.Namespace, overrides: list[str]) -> int:
                                    "interactive": "chat.interactive"}) + list(overrides)
     config = load_config(ChatRunConfig, args.config, overrides)
     _setup_devices(config.cpu_devices)
+    from lwm.infer.sampling import SamplingParams
     from lwm.infer.video_qa import ChatSession, LwmChatSession, encode_video
 
     engine = _engine(config)
@@ -146,7 +147,7 @@ def _run_chat(args: argparse.Namespace, overrides: list[str]) -> int:
     sampling = config.sampling
     session = (LwmChatSession if lwm_release else ChatSession)(
         engine, tokenizer, cache_size=config.cache.max_len or None, max_new_tokens=sampling.max_new_tokens,
-        sampling=sampling.params(), template=config.chat.template, seed=sampling.seed,
+        sampling=SamplingParams.of(sampling), template=config.chat.template, seed=sampling.seed,
         stop_ids=(tokenizer.eos_id, *sampling.stop_tokens),
     )
     if config.chat.question:
@@ -181,7 +182,8 @@ def _run_generate(args: argparse.Namespace, overrides: list[str]) -> int:
                                    "output": "generate.output"}) + list(overrides)
     config = load_config(GenerateRunConfig, args.config, overrides)
     _setup_devices(config.cpu_devices)
-    from lwm.infer.generate import codes_to_frames, generate_text, generate_vision, write_frames
+    from lwm.infer.generate import VisionSampling, codes_to_frames, generate_text, generate_vision, write_frames
+    from lwm.infer.sampling import SamplingParams
 
     engine = _engine(config)
     tokenizer = _tokenizer(config)
@@ -190,7 +192,7 @@ def _run_generate(args: argparse.Namespace, overrides: list[str]) -> int:
         sampling = config.sampling
         result = generate_text(
             engine, tokenizer, [section.prompt], max_new_tokens=sampling.max_new_tokens,
-            sampling=sampling.params(), stop_ids=(tokenizer.eos_id, *sampling.stop_tokens), seed=sampling.seed,
+            sampling=SamplingParams.of(sampling), stop_ids=(tokenizer.eos_id, *sampling.stop_tokens), seed=sampling.seed,
             cache_size=config.cache.max_len or None,
         )[0]
         print(section.prompt + result.text)
@@ -205,8 +207,8 @@ def _run_generate(args: argparse.Namespace, overrides: list[str]) -> int:
         )
     vq = _vq(config)
     codes = generate_vision(
-        engine, tokenizer, section.prompt, num_frames=section.num_frames, image=section.image.stage(),
-        video=section.video.stage(), seed=config.sampling.seed, cache_size=config.cache.max_len or None,
+        engine, tokenizer, section.prompt, num_frames=section.num_frames, image=VisionSampling.of(section.image),
+        video=VisionSampling.of(section.video), seed=config.sampling.seed, cache_size=config.cache.max_len or None,
     )
     frames = codes_to_frames(vq, codes[0])
     written = write_frames(frames, section.output, fps=section.fps)

@@ -79,12 +79,6 @@ class SamplingConfig:
         if self.max_new_tokens <= 0:
             raise ConfigError(f"sampling.max_new_tokens={self.max_new_tokens} must be positive")
 
-    def params(self):
-        """The `lwm.infer.sampling.SamplingParams` of this section."""
-        from lwm.infer.sampling import SamplingParams
-
-        return SamplingParams(self.temperature, self.top_k, self.top_p)
-
 
 def _require_model(load: LoadConfig, command: str) -> None:
     if not load.model:
@@ -164,13 +158,6 @@ class VisionStageConfig:
                 f"generate stage sampling temperature={self.temperature}, top_k={self.top_k}, "
                 f"top_p={self.top_p}: need temperature >= 0, top_k >= 0 and 0 < top_p <= 1"
             )
-
-    def stage(self):
-        """The `lwm.infer.generate.VisionSampling` of this section."""
-        from lwm.infer.generate import VisionSampling
-        from lwm.infer.sampling import SamplingParams
-
-        return VisionSampling(self.cfg_scale, SamplingParams(self.temperature, self.top_k, self.top_p))
 
 
 @dataclasses.dataclass(frozen=True)

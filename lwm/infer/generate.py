@@ -159,6 +159,11 @@ class VisionSampling:
     cfg_scale: float = 5.0
     sampling: SamplingParams = SamplingParams(temperature=1.0)
 
+    @classmethod
+    def of(cls, stage: Any) -> VisionSampling:
+        """The guidance and sampling a config's vision stage names (`generate.image`/`video`)."""
+        return cls(stage.cfg_scale, SamplingParams.of(stage))
+
 
 def vision_prompts(
     tokenizer: Any, prompt: str, *, video: bool, template: ChatTemplateConfig = ChatTemplateConfig()

@@ -8,6 +8,7 @@ compiled decode loop.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,11 @@ class SamplingParams:
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
+
+    @classmethod
+    def of(cls, section: Any) -> SamplingParams:
+        """The sampling a config section names (`temperature`, `top_k`, `top_p` fields)."""
+        return cls(section.temperature, section.top_k, section.top_p)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
