@@ -20,19 +20,13 @@ from typing import Any
 import numpy as np
 
 from lwm.config.data import ChatTemplateConfig, DataConfig
-from lwm.data.records import (
-    RecordProblem,
-    TextTokenizer,
-    TokenBuilder,
-    check_text_ids,
-    vision_span,
-)
 from lwm.data.store import TokenExample
+from lwm.data.tokens import RecordProblem, TokenBuilder, TokenizerLike, check_text_ids, vision_span
 
 ROLES = ("system", "user", "assistant")
 
 
-def _encode_run(tokenizer: TextTokenizer, pieces: list[tuple[str, bool]]) -> list[tuple[list[int], bool]]:
+def _encode_run(tokenizer: TokenizerLike, pieces: list[tuple[str, bool]]) -> list[tuple[list[int], bool]]:
     """Encodes consecutive text pieces jointly, keeping each piece's loss flag on its tokens."""
     if len(pieces) == 1:
         return [(list(tokenizer.encode(pieces[0][0])), pieces[0][1])]
@@ -52,7 +46,7 @@ def _encode_run(tokenizer: TextTokenizer, pieces: list[tuple[str, bool]]) -> lis
 class _Renderer:
     """Collects text pieces and id spans, encoding each run of text when an id span interrupts."""
 
-    def __init__(self, tokenizer: TextTokenizer, text_vocab_size: int) -> None:
+    def __init__(self, tokenizer: TokenizerLike, text_vocab_size: int) -> None:
         self.tokenizer = tokenizer
         self.text_vocab_size = text_vocab_size
         self.builder = TokenBuilder()
@@ -103,7 +97,7 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
 
 def encode_conversation(
     messages: Sequence[dict[str, Any]],
-    tokenizer: TextTokenizer,
+    tokenizer: TokenizerLike,
     config: DataConfig,
     text_vocab_size: int,
     *,
@@ -144,7 +138,7 @@ def encode_conversation(
 
 
 def encode_chat_record(
-    record: dict[str, Any], config: DataConfig, tokenizer: TextTokenizer, text_vocab_size: int
+    record: dict[str, Any], config: DataConfig, tokenizer: TokenizerLike, text_vocab_size: int
 ) -> TokenExample:
     """A chat JSONL record → example; raises `RecordProblem` for a malformed conversation.
 
@@ -172,7 +166,7 @@ def encode_chat_record(
 
 def chat_prompt(
     question: str,
-    tokenizer: TextTokenizer,
+    tokenizer: TokenizerLike,
     config: DataConfig,
     text_vocab_size: int,
     *,

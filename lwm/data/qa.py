@@ -29,7 +29,8 @@ import numpy as np
 from lwm.config.data import DataConfig, QAConfig
 from lwm.config.errors import ConfigError
 from lwm.data.chat import encode_conversation
-from lwm.data.records import BadRecordError, BadRecordReport, TextTokenizer, read_jsonl_lines
+from lwm.data.records import BadRecordError, BadRecordReport, read_jsonl_lines
+from lwm.data.tokens import TokenizerLike
 
 Generate = Callable[[str], str]
 
@@ -59,7 +60,7 @@ def split_sentences(text: str) -> list[str]:
     return [span for span in _SENTENCE.findall(text) if span]
 
 
-def split_into_chunks(text: str, tokenizer: TextTokenizer, chunk_tokens: int) -> list[str]:
+def split_into_chunks(text: str, tokenizer: TokenizerLike, chunk_tokens: int) -> list[str]:
     """Chunks of at most about `chunk_tokens` tokens, cut between sentences (between words for
     a longer sentence); `"".join(chunks) == text`."""
     pieces: list[tuple[str, int]] = []
@@ -251,7 +252,7 @@ class _Assembler:
     """Builds examples of one target length from the chunk stream."""
 
     def __init__(self, length: int, config: QAConfig, data_config: DataConfig,
-                 tokenizer: TextTokenizer, text_vocab_size: int, summary: QASummary) -> None:
+                 tokenizer: TokenizerLike, text_vocab_size: int, summary: QASummary) -> None:
         self.length, self.config, self.data_config = length, config, data_config
         self.tokenizer, self.text_vocab_size, self.summary = tokenizer, text_vocab_size, summary
         self.group, self.groups = _Group(), 0
@@ -309,7 +310,7 @@ def build_qa_examples(
     *,
     config: QAConfig,
     data_config: DataConfig,
-    tokenizer: TextTokenizer,
+    tokenizer: TokenizerLike,
     text_vocab_size: int,
     generator: Callable[[str, np.random.Generator, set[str]], ChunkQA],
     summary: QASummary | None = None,
@@ -363,7 +364,7 @@ def _read_documents(config: QAConfig, data_config: DataConfig, report: BadRecord
 def make_qa(
     config: QAConfig,
     data_config: DataConfig,
-    tokenizer: TextTokenizer,
+    tokenizer: TokenizerLike,
     text_vocab_size: int,
     *,
     generate: Generate | None = None,

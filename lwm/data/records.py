@@ -24,42 +24,16 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
 from lwm.config.data import DataConfig, FieldSegment, parse_field_template
 from lwm.config.loading import ConfigError
+from lwm.data.chat import encode_chat_record
 from lwm.data.store import StoreError, TokenExample, TokenStoreWriter
+from lwm.data.tokens import RecordProblem, TokenBuilder, TokenizerLike, check_text_ids, vision_span
 from lwm.errors import LwmError
-
-
-@runtime_checkable
-class TextTokenizer(Protocol):
-    """What the data layer needs from a text tokenizer.
-
-    `encode` returns ids without bos/eos (the data layer adds those). Optional attributes:
-    `vocab_size` (checks ids; else `data.text_vocab_size` must be set) and `name` (recorded in
-    the store's metadata).
-    """
-
-    bos_id: int
-    eos_id: int
-    vision_start_id: int
-    vision_end_id: int
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, without bos/eos."""
-        ...
-
-
-class RecordProblem(ValueError):
-    """What is wrong with one record; the reader adds the file and line."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 class BadRecordError(LwmError, ValueError):
@@ -119,98 +93,7 @@ class BadRecordReport:
         return "\n".join(lines)
 
 
-class TokenBuilder:
-    """Accumulates (ids, is_vision, loss) pieces of one example."""
-
-    def __init__(self) -> None:
-        self._ids: list[np.ndarray] = []
-        self._vision: list[np.ndarray] = []
-        self._loss: list[np.ndarray] = []
-        self.content_tokens = 0
-
-    def add(self, ids: Any, is_vision: Any, loss: bool, *, content: bool = True) -> None:
-        """Adds ids (with their vision flags); `content=False` for bos/eos and template text."""
-        ids = np.asarray(ids, np.int32).reshape(-1)
-        vision = np.broadcast_to(np.asarray(is_vision, bool), ids.shape)
-        self._ids.append(ids)
-        self._vision.append(vision)
-        self._loss.append(np.full(ids.shape, bool(loss)))
-        if content:
-            self.content_tokens += len(ids)
-
-    def add_text(self, ids: Any, loss: bool, *, content: bool = True) -> None:
-        """Adds text ids."""
-        self.add(ids, False, loss, content=content)
-
-    def build(self) -> TokenExample:
-        """The example; raises `RecordProblem('empty_example')` when no field gave a token."""
-        if self.content_tokens == 0:
-            raise RecordProblem("empty_example", "the example has no tokens from its fields")
-        return TokenExample(np.concatenate(self._ids), np.concatenate(self._vision),
-                            np.concatenate(self._loss))
-
-
-def check_text_ids(ids: Any, vocab_size: int, what: str) -> np.ndarray:
-    """Text ids as int32, raising `RecordProblem('token_out_of_range')` outside [0, vocab_size)."""
-    array = np.asarray(ids)
-    if array.size and array.dtype.kind not in "iu":
-        raise RecordProblem("wrong_type", f"{what}: expected integer token ids, got {array.dtype}")
-    array = array.astype(np.int64).reshape(-1)
-    bad = (array < 0) | (array >= vocab_size)
-    if bad.any():
-        raise RecordProblem(
-            "token_out_of_range",
-            f"{what}: token id {int(array[bad][0])} outside the text vocabulary [0, {vocab_size})",
-        )
-    return array.astype(np.int32)
-
-
-def vision_span(
-    codes: Any,
-    *,
-    tokenizer: TextTokenizer,
-    tokens_per_frame: int,
-    codebook_size: int,
-    what: str = "vision",
-) -> tuple[np.ndarray, np.ndarray]:
-    """`<vision>` + per frame its codes and `<eof>` (the last `<eov>`) + `</vision>`.
-
-    Returns (ids int32, is_vision bool). Codes must be a flat list of ints in
-    [0, codebook_size) whose length is a whole, non-zero number of frames.
-    """
-    if not isinstance(codes, (list, tuple, np.ndarray)):
-        raise RecordProblem("wrong_type", f"field {what!r}: expected a flat list of VQ codes, "
-                                          f"got {type(codes).__name__}")
-    array = np.asarray(codes)
-    if array.size == 0:
-        raise RecordProblem("empty_vision", f"field {what!r} holds no codes")
-    if array.ndim != 1 or array.dtype.kind not in "iu":
-        raise RecordProblem("wrong_type", f"field {what!r}: expected a flat list of integer VQ "
-                                          f"codes, got shape {array.shape} of {array.dtype}")
-    if len(array) % tokens_per_frame:
-        raise RecordProblem(
-            "partial_frame",
-            f"field {what!r} holds {len(array)} codes, not a whole number of frames of "
-            f"{tokens_per_frame} (data.tokens_per_frame)",
-        )
-    bad = (array < 0) | (array >= codebook_size)
-    if bad.any():
-        raise RecordProblem(
-            "token_out_of_range",
-            f"field {what!r}: VQ code {int(array[bad][0])} outside [0, {codebook_size}) "
-            f"(data.codebook_size)",
-        )
-    frames = array.reshape(-1, tokens_per_frame).astype(np.int32)
-    ends = np.full((len(frames), 1), codebook_size, np.int32)  # <eof>
-    ends[-1, 0] = codebook_size + 1  # <eov>
-    body = np.concatenate([frames, ends], axis=1).reshape(-1)
-    ids = np.concatenate([[tokenizer.vision_start_id], body, [tokenizer.vision_end_id]]).astype(np.int32)
-    is_vision = np.ones(len(ids), bool)
-    is_vision[0] = is_vision[-1] = False
-    return ids, is_vision
-
-
-def resolve_text_vocab_size(config: DataConfig, tokenizer: TextTokenizer) -> int:
+def resolve_text_vocab_size(config: DataConfig, tokenizer: TokenizerLike) -> int:
     """`data.text_vocab_size`, else the tokenizer's `vocab_size`; raises if neither is known."""
     size = config.text_vocab_size or int(getattr(tokenizer, "vocab_size", 0) or 0)
     if size <= 0:
@@ -221,7 +104,7 @@ def resolve_text_vocab_size(config: DataConfig, tokenizer: TextTokenizer) -> int
     return size
 
 
-def tokenizer_name(tokenizer: TextTokenizer) -> str:
+def tokenizer_name(tokenizer: TokenizerLike) -> str:
     """What the store records as the tokenizer: its `name`, else its model file, else its type."""
     name = getattr(tokenizer, "name", None) or getattr(tokenizer, "model_file", None)
     return str(name) if name else type(tokenizer).__name__
@@ -263,7 +146,7 @@ class ExampleEncoder:
     `RecordProblem` (reason + detail) for a bad record; the caller adds file and line.
     """
 
-    def __init__(self, config: DataConfig, tokenizer: TextTokenizer,
+    def __init__(self, config: DataConfig, tokenizer: TokenizerLike,
                  segment_sets: Sequence[Sequence[FieldSegment]] | None = None) -> None:
         self.config = config
         self.tokenizer = tokenizer
@@ -287,8 +170,6 @@ class ExampleEncoder:
         if not isinstance(record, dict):
             raise RecordProblem("not_an_object", f"expected a JSON object, got {type(record).__name__}")
         if self.config.format == "chat":
-            from lwm.data.chat import encode_chat_record
-
             return [encode_chat_record(record, self.config, self.tokenizer, self.text_vocab_size)]
         return [self._encode_fields(record, segments) for segments in self.segment_sets]
 
@@ -402,7 +283,7 @@ def iter_record_examples(
 
 def tokenize_to_store(
     config: DataConfig,
-    tokenizer: TextTokenizer,
+    tokenizer: TokenizerLike,
     *,
     paths: Sequence[str | Path] | None = None,
     store_path: str | Path | None = None,
