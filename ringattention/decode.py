@@ -17,8 +17,6 @@ out, nor rearranging it chunk-major), and visits only the chunks some query can 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax.numpy as jnp
 from jax import ShapeDtypeStruct, lax
 
@@ -129,7 +127,7 @@ def decode_attention(
     q_positions,
     cache_length=None,
     causal: bool = True,
-    softmax_scale: Optional[float] = None,
+    softmax_scale: float | None = None,
     key_chunk_size: int = 512,
     layer=None,
 ):
@@ -167,7 +165,7 @@ def ring_decode_attention(
     q_positions,
     cache_length=None,
     causal: bool = True,
-    softmax_scale: Optional[float] = None,
+    softmax_scale: float | None = None,
     key_chunk_size: int = 512,
     layer=None,
 ):

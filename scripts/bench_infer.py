@@ -27,6 +27,7 @@ Example (the runs recorded in docs/benchmarks.md)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -140,7 +141,7 @@ def measure(args) -> dict:
         size = engine.round_cache_size(length)
         shape = (config.num_layers, 1, size, config.kv_heads, config.head_dim)
         with jax.set_mesh(engine.mesh):
-            fill = jax.jit(lambda key: jax.random.normal(key, shape, engine.cache_dtype),
+            fill = jax.jit(functools.partial(jax.random.normal, shape=shape, dtype=engine.cache_dtype),
                            out_shardings=engine.cache_sharding(1, size))
             cache = KVCache(fill(jax.random.key(1)), fill(jax.random.key(2)),
                             jnp.full((1,), size - args.decode_steps - 2, jnp.int32))

@@ -33,10 +33,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from lwm.config import MeshConfig, ModelConfig
+from lwm.infer.sampling import SamplingParams, VisionSchedule, classifier_free_guidance, sample_tokens
 from lwm.mesh import logical_to_spec, make_mesh, state_shardings
 from lwm.model.attention import CACHE_AXES, KVCache
 from lwm.model.llama import LlamaModel
-from lwm.infer.sampling import SamplingParams, VisionSchedule, classifier_free_guidance, sample_tokens
+
 
 def single_device_mesh() -> Mesh:
     """A `(dp, fsdp, tp, sp)` mesh of size one on the first device."""

@@ -20,13 +20,18 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from ringattention import (
-    blockwise_attention, decode_attention, dense_attention, ring_attention, ring_decode_attention, update_cache,
-    update_sharded_cache,
-)
 
 from lwm.config import ModelConfig
 from lwm.mesh import logical_to_spec, shard_over_sequence
+from ringattention import (
+    blockwise_attention,
+    decode_attention,
+    dense_attention,
+    ring_attention,
+    ring_decode_attention,
+    update_cache,
+    update_sharded_cache,
+)
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -135,7 +140,7 @@ class CacheView:
     visible_B: jax.Array
     key_chunk_size: int
 
-    def next_layer(self) -> "CacheView":
+    def next_layer(self) -> CacheView:
         """The same view one layer further down the stack."""
         return dataclasses.replace(self, layer=self.layer + 1)
 

@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from infer_helpers import CHUNK, SMALL, make_model, small_config
 
 from lwm.infer.cache import InferenceModel, pad_right
-from infer_helpers import CHUNK, SMALL, make_model, small_config
 
 PROMPTS = (29, 22)  # prompt lengths of the two rows (not multiples of the chunk: right padding)
 STEPS = 8  # tokens fed one at a time after the prompt

@@ -1,14 +1,13 @@
 """Decoding against a KV cache: ring (sharded) and single device, and cache updates."""
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import assert_close, make_mesh, random_qkv
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from conftest import assert_close, make_mesh, random_qkv
 from ringattention import decode_attention, dense_attention, ring_decode_attention, update_cache, update_sharded_cache
 
 CACHE, DEVICES, Q_LEN = 64, 4, 3
