@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lwm.config import from_dict, read_yaml, to_dict
 from lwm.config.vq import VQModelConfig
 from lwm.errors import LwmError
 from lwm.model.formats.diffusers_vq import load_diffusers_vqgan
@@ -40,7 +41,6 @@ def save_vq_checkpoint(directory: str | Path, model: VQGAN, run_config: Any | No
     import orbax.checkpoint as ocp
     import yaml
 
-    from lwm.config import to_dict
 
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,6 @@ def load_vq_checkpoint(directory: str | Path) -> VQGAN:
     latest `step_*` is taken)."""
     import orbax.checkpoint as ocp
 
-    from lwm.config import from_dict, read_yaml
 
     directory = Path(directory).absolute()
     if not (directory / CHECKPOINT_CONFIG).is_file():

@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from lwm.config.data import DataConfig
+from lwm.data.chat import encode_conversation
+from lwm.data.video import VideoReadError, read_video, resize_and_center_crop
 from lwm.serve.protocol import APIError, bad_request
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,(?P<data>.*)$",
@@ -55,8 +58,6 @@ class MediaReader:
 
     def frames(self, url: Any, kind: str, param: str, folder: Path) -> np.ndarray:
         """uint8 frames `[F, H, W, 3]` of one image or video part."""
-        from lwm.data.video import VideoReadError, read_video, resize_and_center_crop
-
         if not isinstance(url, str) or not url:
             raise bad_request(f"'{param}' must be a non-empty string", param)
         if url.startswith("data:"):
@@ -120,9 +121,6 @@ class MediaReader:
 def render_chat(messages: Any, tokenizer: Any, model_config: Any, template: Any,
                 media: MediaReader) -> tuple[list[int], list[bool]]:
     """Prompt ids and vision flags of a chat request, ending with the assistant marker."""
-    from lwm.config.data import DataConfig
-    from lwm.data.chat import encode_conversation
-
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list", "messages")
     rendered = []

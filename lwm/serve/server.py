@@ -13,19 +13,19 @@ import time
 from typing import Any
 
 from lwm.config.serve import ServeRunConfig
+from lwm.data.text_tokenizer import load_text_tokenizer
+from lwm.infer.cache import load_inference_model
+from lwm.infer.engine import Engine
+from lwm.infer.generate import check_text_vocabulary
+from lwm.model.vqgan_convert import load_vq_tokenizer
 from lwm.serve.app import ServeState, create_app
 from lwm.serve.media import MediaReader
+from lwm.serve.protocol import TokenText
 
 
 def build_state(config: ServeRunConfig, *, inference_model: Any = None, tokenizer: Any = None,
                 vq: Any = None) -> ServeState:
     """Loads the model (unless `inference_model` is given), the tokenizers and the engine."""
-    from lwm.data.text_tokenizer import load_text_tokenizer
-    from lwm.infer.cache import load_inference_model
-    from lwm.infer.engine import Engine
-    from lwm.infer.generate import check_text_vocabulary
-    from lwm.serve.protocol import TokenText
-
     if inference_model is None:
         inference_model = load_inference_model(
             config.load.model, mesh_config=config.mesh, dtype=config.load.dtype, cache_dtype=config.cache.dtype,
@@ -35,8 +35,6 @@ def build_state(config: ServeRunConfig, *, inference_model: Any = None, tokenize
     tokenizer = tokenizer if tokenizer is not None else load_text_tokenizer(config.load.tokenizer or None)
     check_text_vocabulary(inference_model, tokenizer)
     if vq is None and config.load.vq:
-        from lwm.model.vqgan_convert import load_vq_tokenizer
-
         vq = load_vq_tokenizer(config.load.vq, resolution=config.load.vq_resolution)
     section = config.serve
     engine = Engine(inference_model, slots=section.slots, slot_size=config.cache.max_len,

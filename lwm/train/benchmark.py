@@ -19,6 +19,8 @@ import numpy as np
 from lwm.config import TrainRunConfig
 from lwm.data.batch import synthetic_batch
 from lwm.train.metrics import measure_matmul_flops, train_flops_per_token
+from lwm.train.plan import measured_train_step_bytes
+from lwm.train.setup import train_setup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +43,6 @@ class ThroughputResult:
 
 def compile_train_step(config: TrainRunConfig) -> tuple[Any, Any, Any, Any]:
     """The compiled sharded train step, its initial state and a global synthetic batch."""
-    from lwm.train.setup import train_setup
-
     setup = train_setup(config)
     state = setup.init_state(setup.create_params())
     batch = {key: jax.device_put(value, setup.batch_sharding) for key, value in synthetic_batch(config.data.batch_size, config.data.seq_len, config.model.vocab_size).items()}
@@ -72,8 +72,6 @@ def measure_throughput(name: str, config: TrainRunConfig, repeats: int = 5) -> T
 
 def compiled_peak_bytes(config: TrainRunConfig) -> int:
     """Peak bytes of one train step summed over devices, from XLA's memory analysis."""
-    from lwm.train.plan import measured_train_step_bytes
-
     return measured_train_step_bytes(config)["peak_bytes"] * jax.device_count()
 
 

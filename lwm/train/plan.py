@@ -30,9 +30,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from lwm.config import TrainRunConfig
+from lwm.config import MeshConfig, TrainRunConfig
 from lwm.mesh import logical_axes_of, resolve_axis_sizes, shard_shape
-from lwm.model.llama import LlamaModel
+from lwm.model.params_io import abstract_model
 from lwm.train.setup import train_setup
 
 GIB = 1024**3
@@ -89,12 +89,17 @@ def _gib(num_bytes: int) -> str:
     return f"{num_bytes / GIB:.3f} GiB"
 
 
+def _parameters(model_config: Any) -> list[Any]:
+    """The model's parameter variables, abstract (shapes, dtypes and logical axes only)."""
+    model = abstract_model(model_config)
+    return jax.tree.leaves(nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 def plan_memory(config: TrainRunConfig, device_count: int, kv_cache_context: int = 0) -> MemoryPlan:
     """The per-device memory plan of `config` on `device_count` devices (nothing is allocated)."""
     model_config = config.model
     mesh_sizes = resolve_axis_sizes(config.mesh, device_count)
-    abstract = nnx.eval_shape(lambda: LlamaModel(model_config, rngs=nnx.Rngs(0)))
-    variables = jax.tree.leaves(nnx.state(abstract, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))
+    variables = _parameters(model_config)
     param_itemsize = np.dtype(model_config.param_dtype).itemsize if model_config.param_dtype != "bfloat16" else 2
     compute_itemsize = 4 if model_config.dtype == "float32" else 2
     count = sum(int(np.prod(v.shape)) for v in variables)
@@ -221,11 +226,8 @@ def plan_inference(model_config: Any, device_count: int, context: int, *, mesh: 
     """The per-device memory of serving `model_config` with a `context`-token KV cache on
     `device_count` devices; the mesh defaults to every device on sp (as `lwm chat` splits the
     cache). Shapes come from `jax.eval_shape`; nothing is allocated."""
-    from lwm.config import MeshConfig
-
     mesh_sizes = resolve_axis_sizes(mesh or MeshConfig(dp=1, fsdp=1, tp=1, sp=-1), device_count)
-    abstract = nnx.eval_shape(lambda: LlamaModel(model_config, rngs=nnx.Rngs(0)))
-    variables = jax.tree.leaves(nnx.state(abstract, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable))
+    variables = _parameters(model_config)
     count = sum(int(np.prod(v.shape)) for v in variables)
     shard = sum(math.prod(shard_shape(tuple(v.shape), logical_axes_of(v), mesh_sizes)) for v in variables)
     compute = _itemsize(compute_dtype or model_config.dtype)

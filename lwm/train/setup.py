@@ -22,6 +22,7 @@ from lwm.data.batch import abstract_batch
 from lwm.mesh import DATA_AXIS, FSDP_AXIS, SEQUENCE_AXIS, data_sharding, make_mesh, replicated, state_shardings
 from lwm.model.attention import sequence_permutation
 from lwm.model.llama import LlamaModel
+from lwm.model.params_io import abstract_model
 from lwm.train.optimizer import make_optimizer
 from lwm.train.step import init_train_state, make_train_step, train_state_shardings
 
@@ -81,8 +82,7 @@ def train_setup(config: TrainRunConfig) -> TrainSetup:
     check_batch_divides(config.data.batch_size, mesh.shape[DATA_AXIS] * mesh.shape[FSDP_AXIS])
     optimizer = make_optimizer(config.train)
     with jax.set_mesh(mesh):
-        abstract_model = nnx.eval_shape(lambda: LlamaModel(config.model, rngs=nnx.Rngs(config.train.seed)))
-        graphdef, abstract_params = nnx.split(abstract_model)
+        graphdef, abstract_params = nnx.split(abstract_model(config.model))
         param_shardings = state_shardings(abstract_params, mesh)
         full_shardings = train_state_shardings(optimizer, abstract_params, param_shardings, replicated(mesh))
     step_fn = make_train_step(graphdef, optimizer, config.train,

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lwm.errors import LwmError
+from lwm.model.formats.lwm_streaming import read_flax_msgpack
 
 
 class UnsafeFileError(LwmError, pickle.UnpicklingError):
@@ -130,8 +131,6 @@ def load_param_file(path: str | Path) -> dict[str, Any]:
         except Exception as error:  # truncated or corrupt pickles raise many types
             raise ParamFileError(f"{path}: not a readable pickle: {error}") from None
     else:
-        from lwm.model.formats.lwm_streaming import read_flax_msgpack
-
         try:
             tree = read_flax_msgpack(path)
         except LwmError as error:
