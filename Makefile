@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo demo-full test install install-dev bench clean
+.PHONY: demo demo-full test lint install install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,10 @@ demo: $(VENV)/.installed-core
 demo-full: $(VENV)/.installed-core
 	$(BIN)/lwm demo --config configs/demo-full.yaml
 
-test: $(VENV)/.installed-dev
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check lwm ringattention scripts tests
+
+test: lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests
 
 clean:

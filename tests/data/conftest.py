@@ -43,3 +43,6 @@ def small_vision_config() -> DataConfig:
     """Vision+text config with 4 codes per frame and a 16-code codebook (eof 16, eov 17)."""
     return DataConfig(format="vision_text", fields="[vision],caption",
                       vision=VisionVocab(codebook_size=16, tokens_per_frame=4), seq_len=32)
+
+
+from video_helpers import square_videos  # noqa: E402,F401  (a fixture of the video tests)

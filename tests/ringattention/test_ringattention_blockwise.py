@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close, packed_segments, random_qkv, value_and_grads
+from ring_helpers import assert_close, packed_segments, random_qkv, value_and_grads
 
 from ringattention import blockwise_attention, dense_attention
 

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close, make_mesh, random_qkv
 from jax import lax
 from jax.sharding import PartitionSpec as P
+from ring_helpers import assert_close, make_mesh, random_qkv
 
 from ringattention import decode_attention, dense_attention, ring_decode_attention, update_cache, update_sharded_cache
 

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ring_helpers import assert_close
 
 from ringattention import blockwise_feedforward, from_layout, layout_positions, shard_positions, to_layout
 

@@ -10,9 +10,9 @@ execution) and check that XLA's temporary memory grows at most about linearly.
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import make_mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from ring_helpers import make_mesh
 
 from ringattention import blockwise_attention, ring_attention
 

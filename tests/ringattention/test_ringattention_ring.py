@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close, make_mesh, packed_segments, random_qkv, ring_harness, value_and_grads
 from jax.sharding import PartitionSpec as P
+from ring_helpers import assert_close, make_mesh, packed_segments, random_qkv, ring_harness, value_and_grads
 
 from ringattention import dense_attention, from_layout, ring_attention, ring_schedule, to_layout
 

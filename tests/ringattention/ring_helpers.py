@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from jax.sharding import PartitionSpec as P
 
 from ringattention import from_layout, ring_attention, to_layout
@@ -68,8 +67,3 @@ def assert_close(actual, expected, rtol=1e-5, what=""):
     scale = max(float(np.max(np.abs(expected))), 1e-6)
     error = float(np.max(np.abs(actual - expected))) / scale
     assert error <= rtol, f"{what}: relative error {error:.2e} > {rtol:.0e}"
-
-
-@pytest.fixture
-def mesh_factory():
-    return make_mesh

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import encode_with_pyav
+from video_helpers import encode_with_pyav
 
 from lwm.config import ConfigError, load_config
 from lwm.config.vq import VQModelConfig, VQTrainRunConfig

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import BACKGROUND, moving_square, square_center_x
+from video_helpers import BACKGROUND, moving_square, square_center_x
 
 from lwm.data.video import (
     VideoReadError,

@@ -1,5 +1,5 @@
-"""Shared helpers for the vision tests: synthetic moving-square frames and a PyAV video writer
-that is independent of `lwm.data.video.write_video`."""
+"""Shared helpers for the video tests: synthetic moving-square frames, a PyAV video writer that
+is independent of `lwm.data.video.write_video`, and the `square_videos` fixture."""
 
 from fractions import Fraction
 

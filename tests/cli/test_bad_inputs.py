@@ -21,7 +21,7 @@ import pytest
 
 from lwm.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LWM = [sys.executable, "-c", "import sys; from lwm.cli import main; sys.exit(main())"]
 
 

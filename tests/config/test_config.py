@@ -8,7 +8,7 @@ from lwm.config import ConfigError, MeshConfig, TrainRunConfig, load_config, sav
 from lwm.demo import DemoConfig
 from lwm.mesh import make_mesh, resolve_axis_sizes
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 TRAIN_PRESETS = sorted(
@@ -28,7 +28,7 @@ def test_every_preset_loads_and_validates(path):
 def test_demo_config_and_launchers_point_at_real_presets():
     for name in ("demo.yaml", "demo-full.yaml"):
         assert load_config(DemoConfig, CONFIGS / name).model.num_layers > 0
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
     launchers = sorted(scripts.glob("launch_*.sh"))
     assert len(launchers) == 4
     for launcher in launchers:
