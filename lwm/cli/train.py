@@ -81,7 +81,7 @@ examples:
 
 def _run_plan(args: argparse.Namespace, overrides: list[str]) -> int:
     from lwm.config import ConfigError, TrainRunConfig, load_config
-    from lwm.model.formats.lwm_checkpoint import load_lwm_model_config
+    from lwm.model.formats.lwm_checkpoint import LwmModelFile
     from lwm.train.plan import plan_inference, plan_memory
 
     if args.config is None:
@@ -92,7 +92,7 @@ def _run_plan(args: argparse.Namespace, overrides: list[str]) -> int:
 
         devices = jax.device_count()
     if args.inference:
-        model = load_lwm_model_config(args.config, overrides)
+        model = load_config(LwmModelFile, args.config, overrides).model
         plan = plan_inference(model, devices, args.context or model.max_seq_len)
         print(plan.report(args.device_memory_gib))
         return 0

@@ -104,8 +104,9 @@ def save_model(model: LlamaModel, directory: str | Path) -> Path:
 
 def _finish(directory: Any) -> None:
     # A local model directory lists its files last: one without the list was not finished, and
-    # a truncated or missing file is named at load time instead of deep inside Orbax.
-    if not is_url(directory):
+    # a truncated or missing file is named at load time instead of deep inside Orbax. The save
+    # is collective; one process writes the list.
+    if not is_url(directory) and jax.process_index() == 0:
         write_file_manifest(Path(directory))
 
 
