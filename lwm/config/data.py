@@ -18,7 +18,7 @@ import dataclasses
 from typing import Literal
 
 from lwm.config.errors import ConfigError
-from lwm.config.vision import VisionVocab
+from lwm.config.vision import ReadsVisionVocab, VisionVocab
 
 DataFormat = Literal["text", "vision_text", "chat"]
 OverlongPolicy = Literal["split", "drop"]
@@ -117,7 +117,7 @@ class ChatTemplateConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(ReadsVisionVocab):
     """Where the data lives, how records become tokens, and how tokens become batches.
 
     `batch_size` is the global number of rows per step, over all processes; each process's
@@ -197,16 +197,6 @@ class DataConfig:
         if self.fields:
             return parse_field_template(self.fields, self.vision_field)
         return (FieldSegment(field=self.text_field, loss=True, kind="text"),)
-
-    @property
-    def codebook_size(self) -> int:
-        """VQ codes the vision fields may hold (`vision.codebook_size`)."""
-        return self.vision.codebook_size
-
-    @property
-    def tokens_per_frame(self) -> int:
-        """VQ codes per frame in the vision fields (`vision.tokens_per_frame`)."""
-        return self.vision.tokens_per_frame
 
     @property
     def vision_vocab_size(self) -> int:

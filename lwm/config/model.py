@@ -6,7 +6,7 @@ import dataclasses
 from typing import Literal
 
 from lwm.config.errors import ConfigError
-from lwm.config.vision import VisionVocab
+from lwm.config.vision import ReadsVisionVocab, VisionVocab
 
 DType = Literal["float32", "bfloat16", "float16"]
 RematPolicy = Literal["none", "full", "save_dots"]
@@ -15,7 +15,7 @@ RingLayout = Literal["contiguous", "zigzag", "striped"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ReadsVisionVocab):
     """Shape and numerics of a LLaMA-architecture decoder.
 
     `num_kv_heads` below `num_heads` gives grouped-query attention. A `vision_vocab_size` above
@@ -96,25 +96,6 @@ class ModelConfig:
         """Whether the model carries LWM's vision vocabulary and head."""
         return self.vision_vocab_size > 0
 
-    @property
-    def codebook_size(self) -> int:
-        """VQ codes in the vision vocabulary (`vision.codebook_size`)."""
-        return self.vision.codebook_size
-
-    @property
-    def tokens_per_frame(self) -> int:
-        """VQ codes per frame (`vision.tokens_per_frame`)."""
-        return self.vision.tokens_per_frame
-
-    @property
-    def eof_token(self) -> int:
-        """Vision-vocabulary id that ends a frame."""
-        return self.vision.eof_token
-
-    @property
-    def eov_token(self) -> int:
-        """Vision-vocabulary id that ends a vision span."""
-        return self.vision.eov_token
 
 
 @dataclasses.dataclass(frozen=True)

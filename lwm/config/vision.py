@@ -49,3 +49,29 @@ class VisionVocab:
         if side * side != self.tokens_per_frame:
             raise ConfigError(f"vision.tokens_per_frame={self.tokens_per_frame} is not a square grid of codes")
         return side
+
+
+class ReadsVisionVocab:
+    """Shortcuts for a config section holding a `vision: VisionVocab` field (model, data)."""
+
+    vision: VisionVocab
+
+    @property
+    def codebook_size(self) -> int:
+        """VQ codes in the vision vocabulary (`vision.codebook_size`)."""
+        return self.vision.codebook_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """VQ codes per frame (`vision.tokens_per_frame`)."""
+        return self.vision.tokens_per_frame
+
+    @property
+    def eof_token(self) -> int:
+        """Vision-vocabulary id that ends a frame."""
+        return self.vision.eof_token
+
+    @property
+    def eov_token(self) -> int:
+        """Vision-vocabulary id that ends a vision span."""
+        return self.vision.eov_token
