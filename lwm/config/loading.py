@@ -136,6 +136,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     Example: `load_config(TrainRunConfig, "configs/tiny.yaml", ["--train.lr", "3e-4"])`.
     """
     data = read_yaml(path) if path is not None else {}
+    # A root whose stored form changed over time (a model directory's model.yaml) upgrades it.
+    upgrade = getattr(cls, "upgrade_legacy", None)
+    if upgrade is not None:
+        data = upgrade(data)
     for key, value in parse_overrides(overrides):
         apply_override(data, cls, key, value)
     source = str(path) if path is not None else "defaults"

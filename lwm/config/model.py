@@ -47,6 +47,17 @@ class ModelConfig(ReadsVisionVocab):
     vision_vocab_size: int = 0
     vision: VisionVocab = dataclasses.field(default_factory=VisionVocab)
 
+    @staticmethod
+    def upgrade_legacy(data: dict) -> dict:
+        """A stored `model.yaml` written before the vision vocabulary had its own section
+        (`codebook_size` / `tokens_per_frame` at the top) in today's form, so old model
+        directories still load."""
+        legacy = {name: data[name] for name in ("codebook_size", "tokens_per_frame") if name in data}
+        if not legacy:
+            return data
+        rest = {key: value for key, value in data.items() if key not in legacy}
+        return {**rest, "vision": {**legacy, **(rest.get("vision") or {})}}
+
     def validate(self) -> None:
         """Raises `ConfigError` naming the first inconsistent field."""
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lwm.config import ConfigError, MeshConfig, TrainRunConfig, load_config, save_config
+from lwm.config import ConfigError, MeshConfig, ModelConfig, TrainRunConfig, load_config, save_config
 from lwm.demo import DemoConfig
 from lwm.mesh import make_mesh, resolve_axis_sizes
 
@@ -125,3 +125,11 @@ def test_vision_vocabulary_is_stated_once_in_the_model(tmp_path):
     # The old per-section fields are gone, with a pointer to where the value lives now.
     with pytest.raises(ConfigError, match="did you mean 'vision'|codebook_size"):
         load_config(TrainRunConfig, CONFIGS / "tiny.yaml", ["--data.codebook_size", "512"])
+
+
+def test_a_model_yaml_from_before_the_vision_section_still_loads(tmp_path):
+    path = tmp_path / "model.yaml"
+    path.write_text("vocab_size: 2048\nhidden_size: 64\nnum_heads: 4\nintermediate_size: 96\nnum_layers: 2\n"
+                    "vision_vocab_size: 514\ncodebook_size: 512\ntokens_per_frame: 64\n")
+    config = load_config(ModelConfig, path)
+    assert (config.codebook_size, config.tokens_per_frame, config.eov_token) == (512, 64, 513)
