@@ -87,7 +87,8 @@ def throughput(model, tokenizer, clients_list, requests, max_tokens) -> dict[int
 
 def first_token(model, frames, repeats) -> tuple[list[float], list[float]]:
     from lwm.infer.cache import InferenceModel
-    from lwm.infer.engine import Engine, Request
+    from lwm.infer.engine import Engine
+    from lwm.infer.requests import Request
 
     tokens_per_frame = model.config.tokens_per_frame
     prompt_len = frames * (tokens_per_frame + 1) + 40

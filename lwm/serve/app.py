@@ -25,7 +25,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lwm.infer.engine import Completion, Engine, Output, QueueFull, RequestError, merge_outputs
+from lwm.infer.engine import Engine
+from lwm.infer.requests import Completion, Output, QueueFull, RequestError, merge_outputs
 from lwm.serve.media import MediaReader, render_chat
 from lwm.serve.protocol import (
     MAX_CHAT_TOP_LOGPROBS,

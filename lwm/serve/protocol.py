@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from lwm.infer.engine import Completion, Request, TokenLogprob
+from lwm.infer.requests import Completion, Request, TokenLogprob
 from lwm.infer.sampling import SamplingParams
 
 MAX_STOP_STRINGS = 4

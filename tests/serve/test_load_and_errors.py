@@ -101,7 +101,7 @@ def _too_many_frames(server):
 
 def _queue_full(server):
     """Every slot busy and the queue full: the next request gets 429 (then the fillers are cancelled)."""
-    from lwm.infer.engine import QueueFull, Request
+    from lwm.infer.requests import QueueFull, Request
 
     engine = server.state.engine
     engine.pause()  # nothing is admitted meanwhile, so the queue stays full
