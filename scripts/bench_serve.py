@@ -31,24 +31,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 def tiny_model(seed: int = 0):
     """configs/tiny.yaml's model with a vision vocabulary, random weights (numpy, instant)."""
-    import jax.numpy as jnp
-    from flax import nnx
 
     from lwm.config import ModelConfig, read_yaml
     from lwm.config.loading import from_dict
     from lwm.config.vision import VisionVocab
-    from lwm.model.params_io import abstract_model
+    from lwm.model.params_io import numpy_initialised_model
 
     fields = read_yaml(REPO / "configs" / "tiny.yaml")["model"]
     config = dataclasses.replace(from_dict(ModelConfig, fields), vision_vocab_size=8448,
                                  vision=VisionVocab(codebook_size=8192, tokens_per_frame=256))
-    model = abstract_model(config)
-    rng = np.random.default_rng(seed)
-    for path, variable in nnx.iter_graph(model):
-        if isinstance(variable, nnx.Variable):
-            shape = tuple(variable.shape)
-            value = np.ones(shape) if str(path[-1]) == "scale" else rng.normal(0.0, 0.02, shape)
-            variable.set_value(jnp.asarray(value, dtype=variable.dtype))
+    model = numpy_initialised_model(config, seed)
     return model
 
 

@@ -33,18 +33,6 @@ def make_model(config: ModelConfig, seed: int = 0):
     `create_model` compiles one random-init program per parameter shape, which costs seconds on
     a small CPU; filling an abstract model from numpy is instant.
     """
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
+    from lwm.model.params_io import numpy_initialised_model
 
-    from lwm.model.params_io import abstract_model
-
-    model = abstract_model(config)
-    rng = np.random.default_rng(seed)
-    for path, variable in nnx.iter_graph(model):
-        if not isinstance(variable, nnx.Variable):
-            continue
-        shape = tuple(variable.shape)
-        value = np.ones(shape) if str(path[-1]) == "scale" else rng.normal(0.0, 0.02, shape)
-        variable.set_value(jnp.asarray(value, dtype=variable.dtype))
-    return model
+    return numpy_initialised_model(config, seed)

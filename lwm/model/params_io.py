@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -33,6 +34,22 @@ def create_model(config: ModelConfig, seed: int = 0) -> LlamaModel:
 def abstract_model(config: ModelConfig) -> LlamaModel:
     """The model with shapes and dtypes only: nothing is allocated (works for 7B on a laptop)."""
     return nnx.eval_shape(lambda: LlamaModel(config, rngs=nnx.Rngs(0)))
+
+
+def numpy_initialised_model(config: ModelConfig, seed: int = 0, std: float = 0.02) -> LlamaModel:
+    """A model with random weights drawn by numpy (normal with `std`; norm scales 1).
+
+    Nothing is compiled, so it is instant on a small CPU where `create_model`'s jitted
+    initialisation takes seconds: for tests, benchmarks and smoke runs.
+    """
+    model = abstract_model(config)
+    rng = np.random.default_rng(seed)
+    for path, variable in nnx.iter_graph(model):
+        if isinstance(variable, nnx.Variable):
+            shape = tuple(variable.shape)
+            value = np.ones(shape) if str(path[-1]) == "scale" else rng.normal(0.0, std, shape)
+            variable.set_value(jnp.asarray(value, dtype=variable.dtype))
+    return model
 
 
 def count_parameters(model: nnx.Module) -> int:

@@ -75,18 +75,23 @@ class MemoryPlan:
             ("training total", _gib(self.training_bytes)),
             (f"KV cache at {self.kv_cache_context:,} tokens", _gib(self.kv_cache_bytes)),
         ]
-        mesh = " × ".join(f"{name}={size}" for name, size in self.mesh.items())
-        lines = [f"per device, mesh {mesh}:"] + [f"  {name:<34} {value:>14}" for name, value in rows]
-        if device_memory_gib:
-            limit = device_memory_gib * GIB
-            verdict = "fits" if self.training_bytes <= limit else "does NOT fit"
-            lines.append(f"training {verdict} in {device_memory_gib:g} GiB per device "
-                         f"({self.training_bytes / limit:.0%} of it)")
-        return "\n".join(lines)
+        return _table("per device", "training", self.mesh, rows, self.training_bytes, device_memory_gib)
 
 
 def _gib(num_bytes: int) -> str:
     return f"{num_bytes / GIB:.3f} GiB"
+
+
+def _table(title: str, what: str, mesh: dict[str, int], rows: list[tuple[str, str]], total: int,
+           device_memory_gib: float) -> str:
+    """The plan as lines of `name value`, and whether `total` fits `device_memory_gib`."""
+    axes = " × ".join(f"{name}={size}" for name, size in mesh.items())
+    lines = [f"{title}, mesh {axes}:"] + [f"  {name:<34} {value:>14}" for name, value in rows]
+    if device_memory_gib:
+        limit = device_memory_gib * GIB
+        verdict = "fits" if total <= limit else "does NOT fit"
+        lines.append(f"{what} {verdict} in {device_memory_gib:g} GiB per device ({total / limit:.0%} of it)")
+    return "\n".join(lines)
 
 
 def _parameters(model_config: Any) -> list[Any]:
@@ -198,7 +203,6 @@ class InferencePlan:
 
     def report(self, device_memory_gib: float = 0.0) -> str:
         """A human-readable table; says whether it fits `device_memory_gib` when given."""
-        mesh = " × ".join(f"{name}={size}" for name, size in self.mesh.items())
         rows = [
             ("parameters (count)", f"{self.parameters:,}"),
             ("parameters", _gib(self.parameter_bytes)),
@@ -207,13 +211,7 @@ class InferencePlan:
             ("prefill working set", _gib(self.prefill_bytes)),
             ("inference total", _gib(self.total_bytes)),
         ]
-        lines = [f"inference per device, mesh {mesh}:"] + [f"  {name:<34} {value:>14}" for name, value in rows]
-        if device_memory_gib:
-            limit = device_memory_gib * GIB
-            verdict = "fits" if self.total_bytes <= limit else "does NOT fit"
-            lines.append(f"inference {verdict} in {device_memory_gib:g} GiB per device "
-                         f"({self.total_bytes / limit:.0%} of it)")
-        return "\n".join(lines)
+        return _table("inference per device", "inference", self.mesh, rows, self.total_bytes, device_memory_gib)
 
 
 def _itemsize(dtype: str) -> int:

@@ -130,20 +130,13 @@ def make_store(path: Path, count: int = 20) -> None:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A small random text model directory (the project's tokenizer has 2048 ids)."""
-    import jax.numpy as jnp
-    from flax import nnx
 
     from lwm.config import ModelConfig
-    from lwm.model.params_io import abstract_model, save_model
+    from lwm.model.params_io import numpy_initialised_model, save_model
 
     config = ModelConfig(vocab_size=2048, hidden_size=32, intermediate_size=48, num_layers=2,
                          num_heads=4, num_kv_heads=2, max_seq_len=1024)
-    model = abstract_model(config)
-    rng = np.random.default_rng(0)
-    for path, variable in nnx.iter_graph(model):
-        if isinstance(variable, nnx.Variable):
-            value = np.ones(variable.shape) if str(path[-1]) == "scale" else rng.normal(0, 0.02, variable.shape)
-            variable.set_value(jnp.asarray(value, dtype=variable.dtype))
+    model = numpy_initialised_model(config, 0)
     directory = tmp_path_factory.mktemp("model") / "model"
     save_model(model, directory)
     return directory

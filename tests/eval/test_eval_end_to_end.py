@@ -15,21 +15,13 @@ CHUNK = 64
 
 
 def _model():
-    import jax.numpy as jnp
-    from flax import nnx
 
-    from lwm.model.params_io import abstract_model
+    from lwm.model.params_io import numpy_initialised_model
 
     config = ModelConfig(vocab_size=2048, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                          num_kv_heads=2, max_seq_len=4096, rms_norm_eps=1e-6, vision_vocab_size=20,
                          vision=VisionVocab(codebook_size=16, tokens_per_frame=4))
-    model = abstract_model(config)
-    rng = np.random.default_rng(0)
-    for path, variable in nnx.iter_graph(model):
-        if isinstance(variable, nnx.Variable):
-            shape = tuple(variable.shape)
-            value = np.ones(shape) if str(path[-1]) == "scale" else rng.normal(0.0, 0.02, shape)
-            variable.set_value(jnp.asarray(value, dtype=variable.dtype))
+    model = numpy_initialised_model(config, 0)
     return model
 
 
