@@ -58,9 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
 # Operating-system errors about a path the user named: shown as one line like `LwmError`.
 PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                PermissionError)
-# Exceptions of other owners' modules that are user mistakes but not yet `LwmError`s, by class
-# name (a prompt longer than the KV cache).
-USER_ERROR_NAMES = frozenset({"PromptTooLongError", "CacheOverflowError", "CacheFullError"})
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -71,14 +68,7 @@ def debug_requested(argv: Sequence[str]) -> bool:
 
 
 def _is_user_error(error: BaseException) -> bool:
-    if isinstance(error, (LwmError, *PATH_ERRORS)):
-        return True
-    if type(error).__name__ in USER_ERROR_NAMES:
-        return True
-    # lwm/infer/cache.py and lwm/infer/video_qa.py still raise a plain ValueError for a prompt
-    # longer than the cache; until they raise an LwmError, recognise their two messages.
-    return isinstance(error, ValueError) and any(
-        phrase in str(error) for phrase in ("exceed the cache size", "but the cache holds"))
+    return isinstance(error, (LwmError, *PATH_ERRORS))
 
 
 def find_user_error(error: BaseException) -> BaseException | None:

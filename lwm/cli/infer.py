@@ -129,6 +129,7 @@ def _run_chat(args: argparse.Namespace, overrides: list[str]) -> int:
                                    "interactive": "chat.interactive"}) + list(overrides)
     config = load_config(ChatRunConfig, args.config, overrides)
     _setup_devices(config.cpu_devices)
+    from lwm.infer.requests import CacheOverflowError
     from lwm.infer.sampling import SamplingParams
     from lwm.infer.video_qa import ChatSession, LwmChatSession, encode_video
 
@@ -165,7 +166,7 @@ def _run_chat(args: argparse.Namespace, overrides: list[str]) -> int:
                 break
             try:
                 answer = session.ask(question, codes)
-            except ValueError as error:  # the cache is full: say so and end cleanly
+            except CacheOverflowError as error:  # the cache is full: say so and end cleanly
                 print(f"chat: {error}", file=sys.stderr)
                 return 1
             codes = None

@@ -33,6 +33,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from lwm.config import MeshConfig, ModelConfig
+from lwm.infer.requests import CacheOverflowError
 from lwm.infer.sampling import SamplingParams, VisionSchedule, classifier_free_guidance, sample_tokens
 from lwm.mesh import logical_to_spec, make_mesh, state_shardings
 from lwm.model.attention import CACHE_AXES, KVCache
@@ -293,7 +294,7 @@ class InferenceModel:
 
         Prompts may differ in length (the batch is right-padded; each row continues from its own
         length, so this also appends a new turn to a cache that already holds a conversation).
-        Raises `ValueError` when a row would overflow the cache.
+        Raises `CacheOverflowError` when a row would overflow the cache.
         """
         if len(prompts) != cache.batch:
             raise ValueError(f"{len(prompts)} prompts for a cache of {cache.batch} rows")
@@ -302,7 +303,7 @@ class InferenceModel:
         overflow = np.nonzero(filled + lengths > cache.size)[0]
         if overflow.size:
             row = int(overflow[0])
-            raise ValueError(
+            raise CacheOverflowError(
                 f"row {row}: {filled[row]} cached + {lengths[row]} new tokens exceed the cache size "
                 f"{cache.size}; allocate a larger cache (cache.max_len)"
             )

@@ -46,6 +46,7 @@ import numpy as np
 
 from lwm.infer.cache import InferenceModel, KVCache
 from lwm.infer.requests import (
+    CacheOverflowError,
     Completion,
     Handle,
     Output,
@@ -54,7 +55,7 @@ from lwm.infer.requests import (
     RequestError,
     TokenLogprob,
 )
-from lwm.infer.sampling import SamplingParams, sample_tokens
+from lwm.infer.sampling import sample_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,8 @@ class Engine:
     may wait for a slot; `detokenize`: ids → text, needed for stop strings and `Output.text`.
 
     Run `start()` for a background thread (the server), or call `generate(requests)` from one
-    thread without starting (the command-line tools).
+    thread without starting (the command-line tools: `lwm.infer.generate.TextGenerator` and
+    `generate_text`, `lwm.infer.video_qa.ChatSession`).
     """
 
     def __init__(
@@ -183,7 +185,7 @@ class Engine:
                                    f"vocabulary [0, {vocab})")
         needed = len(request.prompt_ids) + request.max_tokens
         if needed > self.slot_size:
-            raise RequestError(
+            raise CacheOverflowError(
                 f"the prompt ({len(request.prompt_ids)} tokens) plus max_tokens ({request.max_tokens}) "
                 f"exceed the context of {self.slot_size} tokens; shorten the prompt or lower max_tokens"
             )
@@ -492,22 +494,6 @@ class Engine:
         slot.freed_at = next(self._clock)
         run.handle._emit(Output(text=run.text, finished=True, finish_reason=reason, error=error,
                                 **self._first_fields(run)))
-
-
-def text_generator(engine: Engine, decode: Callable[[Sequence[int]], str], *, max_new_tokens: int,
-                   stop_ids: Sequence[int], sampling: SamplingParams = SamplingParams(),
-                   seed: int = 0) -> Callable[[Sequence[int]], str]:
-    """A `generate(prompt_ids) -> answer_text` callable over the engine (what `lwm needle` and
-    `lwm make-qa` take, like `lwm.infer.generate.TextGenerator`): one request per call, greedy by
-    default; consecutive prompts that share a prefix (the same haystack) reuse it."""
-    counter = itertools.count(seed)
-
-    def generate(prompt_ids: Sequence[int]) -> str:
-        request = Request(tuple(int(t) for t in prompt_ids), max_tokens=max_new_tokens, sampling=sampling,
-                          seed=next(counter), stop_ids=tuple(stop_ids))
-        return decode(engine.generate([request])[0].tokens)
-
-    return generate
 
 
 def wait_idle(engine: Engine, timeout: float = 10.0) -> bool:

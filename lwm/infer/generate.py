@@ -1,7 +1,10 @@
 """Text generation and vision generation (text → image or video) with a KV cache.
 
-Text: prompts are prefilled in chunks (right-padded batch) and decoded in one compiled loop
-until a stop token (EOS by default) or `max_new_tokens`.
+Text goes through `lwm.infer.engine.Engine`, the continuous-batching loop the server runs:
+prompts are prefilled in chunks and decoded one step per token until a stop token (EOS by
+default) or `max_new_tokens`. Vision generation pairs a conditional and an unconditional row
+for guidance and forces `<eof>`/`<eov>`, so it runs `InferenceModel.decode`'s compiled loop;
+both call the model's own decoder block through `InferenceModel.extend`.
 
 Vision (LWM's procedure): the conditional prompt is
 `<s>You are a helpful assistant. USER: Generate an image of {prompt} ASSISTANT: <vision>` and
@@ -24,7 +27,9 @@ import jax
 import numpy as np
 
 from lwm.config.data import ChatTemplateConfig
-from lwm.infer.cache import InferenceModel, KVCache
+from lwm.infer.cache import InferenceModel
+from lwm.infer.engine import Engine
+from lwm.infer.requests import CacheOverflowError, Request
 from lwm.infer.sampling import SamplingParams, VisionSchedule
 
 
@@ -65,6 +70,12 @@ def check_text_vocabulary(engine: InferenceModel, tokenizer: Any) -> None:
         )
 
 
+def _text_requests(prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int, sampling: SamplingParams,
+                   stop_ids: Sequence[int], seed: int) -> list[Request]:
+    return [Request(tuple(int(t) for t in ids), max_tokens=max_new_tokens, sampling=sampling, seed=seed + row,
+                    stop_ids=tuple(stop_ids)) for row, ids in enumerate(prompt_ids)]
+
+
 def generate_text(
     engine: InferenceModel,
     tokenizer: Any,
@@ -78,8 +89,10 @@ def generate_text(
 ) -> list[Generation]:
     """Answers a batch of prompts (strings get BOS; id lists are used as given).
 
-    Stops each row at EOS (or `stop_ids`). The cache holds the longest prompt plus
-    `max_new_tokens`, rounded up to the cache granularity, unless `cache_size` says more.
+    The prompts run together through `lwm.infer.engine.Engine` (one slot each), the path the
+    server, `lwm chat` and `lwm needle` take. Each row stops at EOS (or `stop_ids`); row `i`
+    samples with seed `seed + i`. A slot holds the longest prompt plus `max_new_tokens`, rounded
+    up to the cache granularity, unless `cache_size` says more.
     """
     check_text_vocabulary(engine, tokenizer)
     prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
@@ -87,26 +100,20 @@ def generate_text(
         raise ValueError("every prompt needs at least one token")
     stops = tuple(stop_ids) if stop_ids is not None else (tokenizer.eos_id,)
     longest = max(len(ids) for ids in prompt_ids)
-    size = engine.round_cache_size(max(cache_size or 0, longest + max_new_tokens))
-    cache = engine.init_cache(len(prompt_ids), size)
-    cache, hidden = engine.prefill(cache, prompt_ids)
-    _, _, tokens = engine.decode(
-        cache, hidden, max_new_tokens=max_new_tokens, sampling=sampling, key=jax.random.key(seed),
-        stop_ids=stops,
-    )
-    results = []
-    for row in np.asarray(jax.device_get(tokens)):
-        ids, stopped = split_generated(row, stops)
-        results.append(Generation(tuple(ids), tokenizer.decode(ids), stopped))
-    return results
+    batch = Engine(engine, slots=len(prompt_ids), queue_size=len(prompt_ids),
+                   slot_size=max(cache_size or 0, longest + max_new_tokens))
+    completions = batch.generate(_text_requests(prompt_ids, max_new_tokens=max_new_tokens, sampling=sampling,
+                                                stop_ids=stops, seed=seed))
+    return [Generation(c.tokens, tokenizer.decode(list(c.tokens)), c.finish_reason == "stop") for c in completions]
 
 
 class TextGenerator:
-    """`generate(prompt_ids) -> answer_text` over one reusable cache (batch 1), greedy by default.
+    """`generate(prompt_ids) -> answer_text` over one engine slot, greedy by default.
 
-    The cache is allocated once for `max_prompt_tokens + max_new_tokens` positions and emptied
-    between calls; long prompts spread over the mesh's `sp` devices. This is the callable the
-    needle evaluation takes.
+    The slot (`max_prompt_tokens + max_new_tokens` positions, spread over the mesh's `sp`
+    devices) is allocated once; consecutive prompts that share a prefix (the same haystack with
+    the needle deeper) reuse its keys and values. This is the callable the needle evaluation and
+    `lwm make-qa` take; call `i` samples with seed `seed + i`.
     """
 
     def __init__(
@@ -121,32 +128,24 @@ class TextGenerator:
         seed: int = 0,
     ):
         check_text_vocabulary(engine, tokenizer)
-        self.engine = engine
         self.tokenizer = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling
         self.stop_ids = tuple(stop_ids) if stop_ids is not None else (tokenizer.eos_id,)
-        self.key = jax.random.key(seed)
-        self.cache: KVCache | None = None
-        self.cache_size = engine.round_cache_size(max_prompt_tokens + max_new_tokens)
+        self.calls = seed
+        self.engine = Engine(engine, slots=1, queue_size=1, slot_size=max_prompt_tokens + max_new_tokens)
+        self.cache_size = self.engine.slot_size
 
     def __call__(self, prompt_ids: Sequence[int]) -> str:
         if len(prompt_ids) > self.max_prompt_tokens:
-            raise ValueError(
-                f"prompt of {len(prompt_ids)} tokens exceeds max_prompt_tokens={self.max_prompt_tokens}"
+            raise CacheOverflowError(
+                f"a prompt of {len(prompt_ids)} tokens exceeds max_prompt_tokens={self.max_prompt_tokens}"
             )
-        cache = self.cache if self.cache is not None else self.engine.init_cache(1, self.cache_size)
-        self.cache = None  # consumed by the compiled steps below
-        cache, hidden = self.engine.prefill(self.engine.reset(cache), [list(prompt_ids)])
-        self.key, key = jax.random.split(self.key)
-        cache, _, tokens = self.engine.decode(
-            cache, hidden, max_new_tokens=self.max_new_tokens, sampling=self.sampling, key=key,
-            stop_ids=self.stop_ids,
-        )
-        self.cache = cache
-        ids, _ = split_generated(np.asarray(jax.device_get(tokens))[0], self.stop_ids)
-        return self.tokenizer.decode(ids)
+        [request] = _text_requests([prompt_ids], max_new_tokens=self.max_new_tokens, sampling=self.sampling,
+                                   stop_ids=self.stop_ids, seed=self.calls)
+        self.calls += 1
+        return self.tokenizer.decode(list(self.engine.generate([request])[0].tokens))
 
 
 # ------------------------------------------------------------------------------------- vision

@@ -15,8 +15,13 @@ from lwm.errors import LwmError
 from lwm.infer.sampling import SamplingParams
 
 
-class RequestError(LwmError):
+class RequestError(LwmError, ValueError):
     """A request the engine cannot run as given (too long for a slot, no tokens, bad settings)."""
+
+
+class CacheOverflowError(RequestError):
+    """A prompt (with the answer it may grow to) longer than the KV cache or slot holds; the
+    message gives both sizes and the setting that allocates more (`cache.max_len`)."""
 
 
 class QueueFull(LwmError):

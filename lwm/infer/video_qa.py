@@ -3,9 +3,10 @@
 The first turn renders `<s>You are a helpful assistant. USER: {question}\\n<vision>…</vision>
 ASSISTANT:` (the vision span only when a video is given: its frames sampled uniformly,
 VQ-encoded, each frame's codes followed by `<eof>`, the last by `<eov>`, all as vision
-tokens). Later turns append ` USER: {question} ASSISTANT:` to the cache that already holds the
-conversation, so the prefix is never recomputed; the answers the model generated stay in the
-cache as the ids it produced, ended by `</s>` as in training.
+tokens). Later turns append ` USER: {question} ASSISTANT:` to the conversation; the answers
+the model generated stay in it as the ids it produced, each ended by `</s>` as in training.
+Every turn is one request to `lwm.infer.engine.Engine` (one slot) whose prompt is the whole
+conversation: the slot still holds it, so the engine's prefix reuse prefills only the new turn.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from lwm.config.data import ChatTemplateConfig, DataConfig
 from lwm.data.chat import encode_conversation
-from lwm.infer.cache import InferenceModel, KVCache
-from lwm.infer.generate import check_text_vocabulary, split_generated
+from lwm.infer.cache import InferenceModel
+from lwm.infer.engine import Engine
+from lwm.infer.generate import check_text_vocabulary
+from lwm.infer.requests import CacheOverflowError, Request
 from lwm.infer.sampling import SamplingParams
 
 
@@ -50,11 +52,12 @@ class Turn:
 
 
 class ChatSession:
-    """A conversation with one model; each `ask` appends to the same cache.
+    """A conversation with one model; each `ask` appends a turn and answers it.
 
-    `cache_size` positions are allocated at the start (rounded up to the cache granularity);
-    None sizes the cache for the first turn alone. A turn that would not fit raises
-    `ValueError` naming the size.
+    `cache_size` positions (prompt turns and answers together, rounded up to the cache
+    granularity) are allocated at the start; None sizes them for the first turn alone. A turn
+    that would not fit raises `CacheOverflowError` naming the size. Turn `i` samples with seed
+    `seed + i`.
     """
 
     def __init__(
@@ -71,70 +74,69 @@ class ChatSession:
     ):
         check_text_vocabulary(engine, tokenizer)
         self.stop_ids = tuple(stop_ids) if stop_ids is not None else (tokenizer.eos_id,)
-        self.engine = engine
+        self.model = engine
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling
         self.template = template
-        self.key = jax.random.key(seed)
-        self.cache: KVCache | None = (
-            engine.init_cache(1, engine.round_cache_size(cache_size)) if cache_size is not None else None
-        )
+        self.seed = seed
+        self.engine: Engine | None = None if cache_size is None else self._engine(cache_size)
+        self.ids: list[int] = []  # the conversation so far, every answer ended by </s>
+        self.flags: list[bool] = []
         self.turns: list[Turn] = []
-        self._ended_with_eos = True
-        config = engine.config
-        self._data_config = DataConfig(chat=template, vision=config.vision)
+        self._data_config = DataConfig(chat=template, vision=engine.config.vision)
         self._continuation_config = dataclasses.replace(
             self._data_config, chat=dataclasses.replace(template, system="", add_bos=False)
         )
 
+    def _engine(self, positions: int) -> Engine:
+        return Engine(self.model, slots=1, queue_size=1, slot_size=positions)
+
     @property
     def cached_tokens(self) -> int:
-        """Positions of the cache the conversation fills."""
-        return 0 if self.cache is None else int(jax.device_get(self.cache.lengths)[0])
+        """Tokens of the conversation so far (prompts and answers, each answer's `</s>` included)."""
+        return len(self.ids)
+
+    @property
+    def cache_size(self) -> int | None:
+        """Positions the conversation may fill (None until the first turn when sized by it)."""
+        return None if self.engine is None else self.engine.slot_size
 
     def turn_tokens(self, question: str, vision_codes: np.ndarray | None = None) -> tuple[list[int], list[bool]]:
         """Ids and vision flags the next turn appends (the whole prompt on the first turn)."""
         vision = None
         if vision_codes is not None:
-            if not self.engine.config.has_vision:
+            if not self.model.config.has_vision:
                 raise ValueError("this model has no vision vocabulary (model.vision_vocab_size is 0): it cannot read video")
             vision = np.asarray(vision_codes).reshape(-1).tolist()
         message = [{"role": "user", "content": question, "vision": vision}]
-        first = not self.turns
-        config = self._data_config if first else self._continuation_config
-        example = encode_conversation(message, self.tokenizer, config, self.engine.config.vocab_size,
+        config = self._data_config if not self.turns else self._continuation_config
+        example = encode_conversation(message, self.tokenizer, config, self.model.config.vocab_size,
                                       generation_prompt=True)
-        ids = [int(token) for token in example.tokens]
-        flags = [bool(flag) for flag in example.is_vision]
-        if not first and not self._ended_with_eos:
-            # The previous answer was cut (max_new_tokens or another stop id): close it with </s>
-            # as the training data does.
-            ids, flags = [self.tokenizer.eos_id] + ids, [False] + flags
-        return ids, flags
+        return [int(token) for token in example.tokens], [bool(flag) for flag in example.is_vision]
 
     def ask(self, question: str, vision_codes: np.ndarray | None = None) -> str:
         """Appends the question (and optional video codes) and returns the generated answer."""
         ids, flags = self.turn_tokens(question, vision_codes)
-        if self.cache is None:
-            self.cache = self.engine.init_cache(1, self.engine.round_cache_size(len(ids) + self.max_new_tokens))
-        needed = self.cached_tokens + len(ids) + self.max_new_tokens
-        if needed > self.cache.size:
-            raise ValueError(
-                f"this turn needs {needed} cache positions but the cache holds {self.cache.size}: "
+        prompt_ids, prompt_flags = self.ids + ids, self.flags + flags
+        if self.engine is None:
+            self.engine = self._engine(len(prompt_ids) + self.max_new_tokens)
+        needed = len(prompt_ids) + self.max_new_tokens
+        if needed > self.engine.slot_size:
+            raise CacheOverflowError(
+                f"this turn needs {needed} cache positions but the cache holds {self.engine.slot_size}: "
                 f"start with a larger cache.max_len (the conversation so far uses {self.cached_tokens})"
             )
-        self.cache, hidden = self.engine.prefill(self.cache, [ids], [flags], description="prefill turn")
-        self.key, key = jax.random.split(self.key)
-        self.cache, _, tokens = self.engine.decode(
-            self.cache, hidden, max_new_tokens=self.max_new_tokens, sampling=self.sampling, key=key,
-            stop_ids=self.stop_ids,
-        )
-        row = np.asarray(jax.device_get(tokens))[0]
-        answer_ids, stopped = split_generated(row, self.stop_ids)
-        self._ended_with_eos = stopped and int(row[len(answer_ids)]) == self.tokenizer.eos_id
+        request = Request(tuple(prompt_ids), tuple(prompt_flags), max_tokens=self.max_new_tokens,
+                          sampling=self.sampling, seed=self.seed + len(self.turns), stop_ids=self.stop_ids)
+        [completion] = self.engine.generate([request])
+        answer_ids = list(completion.tokens)
+        # The answer stays in the conversation as the ids chosen, closed by </s> as in training
+        # (also when it was cut by max_new_tokens or ended by another stop id).
+        self.ids = prompt_ids + answer_ids + [self.tokenizer.eos_id]
+        self.flags = prompt_flags + [False] * (len(answer_ids) + 1)
         answer = self.tokenizer.decode(answer_ids).strip()
-        self.turns.append(Turn(question, answer, len(ids), len(answer_ids), stopped))
+        self.turns.append(Turn(question, answer, len(ids), len(answer_ids), completion.finish_reason == "stop"))
         return answer
 
 
@@ -147,15 +149,13 @@ class LwmChatSession(ChatSession):
         """Ids and vision flags the next turn appends (LWM's whole prompt on the first turn)."""
         from lwm.data.lwm_layout import chat_prompt, followup_prompt
 
-        if vision_codes is not None and not self.engine.config.has_vision:
+        if vision_codes is not None and not self.model.config.has_vision:
             raise ValueError("this model has no vision vocabulary (model.vision_vocab_size is 0): it cannot read video")
         if not self.turns:
             return chat_prompt(self.tokenizer, question, vision_codes)
         ids, flags = followup_prompt(self.tokenizer, question)
         if vision_codes is not None:
             raise ValueError("LWM's prompt holds the video in the first turn only")
-        if not self._ended_with_eos:
-            ids, flags = [self.tokenizer.eos_id] + ids, [False] + flags
         return ids, flags
 
 

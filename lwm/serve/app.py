@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lwm.infer.engine import Engine
-from lwm.infer.requests import Completion, Output, QueueFull, RequestError, merge_outputs
+from lwm.infer.requests import CacheOverflowError, Completion, Output, QueueFull, RequestError, merge_outputs
 from lwm.serve.media import MediaReader, render_chat
 from lwm.serve.protocol import (
     MAX_CHAT_TOP_LOGPROBS,
@@ -341,7 +341,7 @@ def _submit(state: ServeState, requests: Sequence) -> _Submitted:
             handle.cancel()
         if isinstance(error, QueueFull):
             raise APIError(429, str(error), type="rate_limit_error", code="queue_full") from None
-        code = "context_length_exceeded" if "context" in str(error) else None
+        code = "context_length_exceeded" if isinstance(error, CacheOverflowError) else None
         raise bad_request(str(error), "messages" if requests[0].prompt_is_vision is not None else "prompt",
                           code) from None
     return _Submitted(handles, outputs)

@@ -144,7 +144,7 @@ def test_small_model_runs_through_the_pipeline(sharded_engine, tokenizer, tmp_pa
     generator = TextGenerator(sharded_engine, tokenizer, max_prompt_tokens=248, max_new_tokens=8)
     settings = _settings(context_min=240, context_max=240, context_intervals=1, depth_intervals=2, rounds=1)
     report = run_needle_eval(generator, tokenizer, HAYSTACK, settings, tmp_path, progress=False)
-    assert len(report.results) == 2 and generator.cache.size == 256
+    assert len(report.results) == 2 and generator.cache_size == 256 and generator.engine.prefix_hits == 1
     for result in report.results:
         assert isinstance(result["response"], str) and result["prompt_tokens"] == 240
         assert result["correct"] == [score_answer(result["response"], result["answers"][0])]

@@ -20,36 +20,34 @@ def test_first_turn_is_the_lwm_prompt_with_vision_tokens(single_engine, tokenize
     assert not flags[start] and flags[start + 1] and ids[start + 11] == tokenizer.vision_end_id
 
 
-def test_follow_up_appends_to_the_cache_and_matches_recomputing(single_engine, tokenizer):
+def test_follow_up_appends_to_the_conversation_and_matches_recomputing(single_engine, tokenizer):
     session = ChatSession(single_engine, tokenizer, cache_size=256, max_new_tokens=8)
+    first_ids, first_flags = session.turn_tokens("Tell me about rivers.", np.arange(8) % 16)
     session.ask("Tell me about rivers.", np.arange(8) % 16)
-    after_first = session.cached_tokens
+    first = session.turns[0]
+    assert session.cached_tokens == first.prompt_tokens + first.answer_tokens + 1  # the answer's </s>
     second_ids, second_flags = session.turn_tokens("And hills?")
     answer = session.ask("And hills?")
-    first = session.turns[0]
-    assert after_first == first.prompt_tokens + first.answer_tokens + (1 if first.stopped else 0)
-    assert session.cached_tokens == after_first + len(second_ids) + session.turns[1].answer_tokens + \
-        (1 if session.turns[1].stopped else 0)
-    # The same conversation prefilled from scratch (the first answer as the ids the model chose)
-    # gives the same second answer: appending did not change what the model sees.
-    first_ids, first_flags = ChatSession(single_engine, tokenizer, cache_size=256).turn_tokens(
-        "Tell me about rivers.", np.arange(8) % 16)
-    fresh = ChatSession(single_engine, tokenizer, cache_size=256, max_new_tokens=8)
-    cache, hidden = single_engine.prefill(fresh.cache, [first_ids], [first_flags])
-    cache, _, first_answer = single_engine.decode(cache, hidden, max_new_tokens=8, stop_ids=[tokenizer.eos_id])
-    first_answer_ids, _ = split_generated(np.asarray(first_answer)[0], [tokenizer.eos_id])
-    assert len(first_answer_ids) == first.answer_tokens
-    cache, hidden = single_engine.prefill(cache, [second_ids], [second_flags])
+    # Only the new turn was prefilled: the slot still held the first turn and its answer.
+    assert session.engine.prefix_hits == 1
+    # The same conversation prefilled from scratch in one piece (the first answer as the ids the
+    # model chose, closed by </s>) and decoded by the compiled loop gives the same second answer.
+    history = session.ids[:first.prompt_tokens + first.answer_tokens + 1]
+    assert history[:len(first_ids)] == first_ids and history[-1] == tokenizer.eos_id
+    flags = first_flags + [False] * (first.answer_tokens + 1) + second_flags
+    cache = single_engine.init_cache(1, 256)
+    cache, hidden = single_engine.prefill(cache, [history + second_ids], [flags])
     _, _, tokens = single_engine.decode(cache, hidden, max_new_tokens=8, stop_ids=[tokenizer.eos_id])
     second_answer_ids, _ = split_generated(np.asarray(tokens)[0], [tokenizer.eos_id])
     assert tokenizer.decode(second_answer_ids).strip() == answer
 
 
 def test_a_turn_that_does_not_fit_names_the_cache_size(single_engine, tokenizer):
-    session = ChatSession(single_engine, tokenizer, max_new_tokens=8)
-    session.cache = single_engine.init_cache(1, 16)
-    with pytest.raises(ValueError, match="cache holds 16"):
-        session.ask("This question is far too long for a cache of sixteen positions.")
+    from lwm.errors import LwmError
+
+    session = ChatSession(single_engine, tokenizer, cache_size=256, max_new_tokens=8)
+    with pytest.raises(LwmError, match="cache holds 256"):
+        session.ask("This question is far too long for the cache. " * 40)
 
 
 def test_video_frames_become_codes(vq_dir, clip_path):

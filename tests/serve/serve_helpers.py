@@ -69,6 +69,21 @@ def direct_logprobs(model, ids) -> np.ndarray:
     return np.asarray([logprobs[i - 1, ids[i]] for i in range(1, len(ids))])
 
 
+def greedy_by_forward(model, ids, max_new_tokens: int, stop_id: int) -> list[int]:
+    """Greedy answer ids from one full forward pass per token (no cache), stop id removed."""
+    import jax.numpy as jnp
+
+    ids, answer = list(ids), []
+    for _ in range(max_new_tokens):
+        padded = ids + [0] * (-len(ids) % 64)
+        token = int(np.argmax(np.asarray(_forward(model, jnp.asarray([padded], jnp.int32)))[0, len(ids) - 1]))
+        if token == stop_id:
+            break
+        answer.append(token)
+        ids.append(token)
+    return answer
+
+
 @functools.partial(jax.jit, static_argnums=(0,))
 def _jitted_forward(graphdef, state, ids_BT):
     return nnx.merge(graphdef, state)(ids_BT)

@@ -35,18 +35,16 @@ def test_command_reports_a_config_error_in_one_line(capsys):
     assert len(err) == 1 and "load.model" in err[0]
 
 
-def test_engine_text_generator_equals_lwm_text_generator(inference_model, tokenizer):
-    """The engine as the needle evaluation's generator answers like `TextGenerator` (greedy)."""
-    from serve_helpers import SLOT_SIZE, SLOTS
+def test_text_generator_runs_on_the_engine_and_answers_like_a_full_forward_pass(small_model, inference_model,
+                                                                                  tokenizer):
+    """The needle evaluation's generator (one engine slot) gives the greedy answer a full forward
+    pass per token gives, and the second prompt, sharing the first's prefix, reuses it."""
+    from serve_helpers import greedy_by_forward
 
-    from lwm.infer.engine import Engine, text_generator
     from lwm.infer.generate import TextGenerator
 
-    reference = TextGenerator(inference_model, tokenizer, max_prompt_tokens=64, max_new_tokens=8)
-    # The server's shapes, so the compiled steps are shared with the other tests.
-    engine = Engine(inference_model, slots=SLOTS, slot_size=SLOT_SIZE, queue_size=4)
-    generate = text_generator(engine, tokenizer.decode, max_new_tokens=8, stop_ids=(tokenizer.eos_id,))
+    generate = TextGenerator(inference_model, tokenizer, max_prompt_tokens=64, max_new_tokens=8)
     for text in ("The haystack begins here", "The haystack begins here and goes on"):
         ids = tokenizer.encode(text, add_bos=True)
-        assert generate(ids) == reference(ids)
-    assert engine.prefix_hits == 1 and engine.free_slots() == SLOTS
+        assert generate(ids) == tokenizer.decode(greedy_by_forward(small_model, ids, 8, tokenizer.eos_id))
+    assert generate.engine.prefix_hits == 1 and generate.engine.free_slots() == 1

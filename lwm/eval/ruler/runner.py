@@ -1,8 +1,8 @@
 """Running RULER: generate every item of the grid, ask the model, score, save, report.
 
 `run_ruler` takes any `generate(prompt_ids, max_new_tokens) -> answer_text` (greedy for
-RULER's protocol); `CachedGenerator` is that callable over one `InferenceModel` and one KV cache
-sharded over `sp`. Results go to `output_dir/results.json` after every item, keyed by
+RULER's protocol); `CachedGenerator` is that callable over one slot of `lwm.infer.engine.Engine`
+(the KV cache sharded over `sp`). Results go to `output_dir/results.json` after every item, keyed by
 `task/length/index`: a rerun with the same haystack, seed and template skips what is done
 and adds what is new (more tasks, lengths or samples). The table (Markdown and JSON) and a
 heatmap per task are rewritten at the end.
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from lwm.config.data import ChatTemplateConfig
 from lwm.config.eval import RulerConfig
@@ -26,8 +25,9 @@ from lwm.eval.ruler.qa import QADataset, load_hotpotqa, load_squad
 from lwm.eval.ruler.report import format_table, plot_task_heatmap, summary
 from lwm.eval.ruler.scoring import reference_hits, score
 from lwm.eval.ruler.tasks import EvalError, TaskContext, make_item
-from lwm.infer.generate import check_text_vocabulary, split_generated
-from lwm.infer.sampling import SamplingParams
+from lwm.infer.engine import Engine
+from lwm.infer.generate import check_text_vocabulary
+from lwm.infer.requests import Request
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -49,19 +49,19 @@ class RulerReport:
 
 
 class CachedGenerator:
-    """`generate(prompt_ids, max_new_tokens) -> text` over one reusable KV cache (batch 1, greedy).
+    """`generate(prompt_ids, max_new_tokens) -> text` over one engine slot (greedy).
 
-    The cache holds `max_length` positions (rounded to the engine's granularity) sharded over
-    the mesh's `sp` devices, is allocated once and emptied between prompts.
+    The slot holds `max_length` positions (rounded to the cache granularity) sharded over the
+    mesh's `sp` devices and is allocated once; it runs on `lwm.infer.engine.Engine`, the path
+    the server takes, so prompts that share a prefix (one haystack, several questions) reuse it.
     """
 
     def __init__(self, engine: Any, tokenizer: Any, max_length: int, stop_ids: Sequence[int] | None = None):
         check_text_vocabulary(engine, tokenizer)
-        self.engine = engine
+        self.engine = Engine(engine, slots=1, queue_size=1, slot_size=max_length)
         self.tokenizer = tokenizer
-        self.cache_size = engine.round_cache_size(max_length)
+        self.cache_size = self.engine.slot_size
         self.stop_ids = tuple(stop_ids) if stop_ids is not None else (tokenizer.eos_id,)
-        self.cache = None
 
     def __call__(self, prompt_ids: Sequence[int], max_new_tokens: int,
                  is_vision: Sequence[bool] | None = None) -> str:
@@ -70,16 +70,10 @@ class CachedGenerator:
         if len(prompt_ids) + max_new_tokens > self.cache_size:
             raise EvalError(f"a prompt of {len(prompt_ids)} tokens + {max_new_tokens} to generate exceeds the cache "
                             f"of {self.cache_size} positions; raise cache.max_len")
-        engine = self.engine
-        cache = self.cache if self.cache is not None else engine.init_cache(1, self.cache_size)
-        self.cache = None  # consumed by the compiled steps
-        flags = None if is_vision is None else [list(is_vision)]
-        cache, hidden = engine.prefill(engine.reset(cache), [list(prompt_ids)], flags)
-        cache, _, tokens = engine.decode(cache, hidden, max_new_tokens=max_new_tokens, sampling=SamplingParams(),
-                                         key=jax.random.key(0), stop_ids=self.stop_ids)
-        self.cache = cache
-        ids, _ = split_generated(np.asarray(jax.device_get(tokens))[0], self.stop_ids)
-        return self.tokenizer.decode(ids)
+        flags = None if is_vision is None else tuple(bool(flag) for flag in is_vision)
+        request = Request(tuple(int(t) for t in prompt_ids), flags, max_tokens=max_new_tokens, seed=0,
+                          stop_ids=self.stop_ids)
+        return self.tokenizer.decode(list(self.engine.generate([request])[0].tokens))
 
 
 def load_qa_datasets(settings: RulerConfig) -> dict[str, QADataset]:
