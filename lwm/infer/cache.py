@@ -364,7 +364,7 @@ class InferenceModel:
             raise ValueError(f"guidance needs conditional and unconditional rows; the cache has {cache.batch} rows")
         filled = int(np.max(jax.device_get(cache.lengths), initial=0))
         if filled + max_new_tokens > cache.size:
-            raise ValueError(
+            raise CacheOverflowError(
                 f"{filled} cached + {max_new_tokens} new tokens exceed the cache size {cache.size}; "
                 f"allocate a larger cache (cache.max_len) or generate fewer tokens"
             )
