@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 TINY = [
     "--train.steps", "4", "--train.warmup_steps", "1", "--logging.log_every", "2",
