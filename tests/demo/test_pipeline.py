@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+FULL_CONFIG = CONFIG.with_name("demo-full.yaml")
 
 TINY = [
     "--train.steps", "4", "--train.warmup_steps", "1", "--logging.log_every", "2",
@@ -27,12 +28,12 @@ TINY = [
 ]
 
 
-def _run(tmp_path: Path, overrides: list[str]) -> tuple[dict, Path]:
+def _run(tmp_path: Path, overrides: list[str], config_path: Path = CONFIG) -> tuple[dict, Path]:
     from lwm.config import load_config
     from lwm.demo import DemoConfig, run_demo
 
     output = tmp_path / "demo"
-    config = load_config(DemoConfig, CONFIG, [*overrides, "--logging.output_dir", str(output)])
+    config = load_config(DemoConfig, config_path, [*overrides, "--logging.output_dir", str(output)])
     return run_demo(config), output
 
 
@@ -110,7 +111,9 @@ def test_demo_refuses_to_clear_a_folder_it_did_not_make(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_default_meets_the_learning_bars(tmp_path):
-    numbers, _ = _run(tmp_path, ["--seed", "0"])
+@pytest.mark.parametrize("config_path", [CONFIG, FULL_CONFIG], ids=["demo", "demo-full"])
+def test_demo_meets_the_learning_bars(tmp_path, config_path):
+    """`make demo` (10 minutes) and `make demo-full` (45 minutes), seed 0, every bar."""
+    numbers, _ = _run(tmp_path, ["--seed", "0"], config_path)
     missed = {name: bar for name, bar in numbers["bars"].items() if not bar["met"]}
     assert not missed, f"learning bars not met: {missed}"
