@@ -193,6 +193,9 @@ def continuation(engine: Any, videos: list[np.ndarray], text_tokenizer: Any, vq_
     balanced accuracy, the mean of the accuracy on changed and on unchanged codes (copying: 0.5).
     """
     right = copy_right = changed = changed_right = unchanged = unchanged_right = total = 0
+    generated_frames = len(videos[0]) - context_frames
+    # Per generated frame: [changed, changed right, unchanged, unchanged right] (errors compound).
+    per_frame = np.zeros((generated_frames, 4), np.int64)
     first_generated = None
     for frames in videos:
         generated = _continue_video(engine, frames, text_tokenizer, context_frames)
@@ -207,6 +210,7 @@ def continuation(engine: Any, videos: list[np.ndarray], text_tokenizer: Any, vq_
         unchanged += int((~moved).sum())
         unchanged_right += int(hit[~moved].sum())
         total += truth.size
+        per_frame += np.stack([moved.sum(1), (hit & moved).sum(1), (~moved).sum(1), (hit & ~moved).sum(1)], 1)
     frames = videos[0]
     predicted = np.concatenate([frames[:context_frames], first_generated])
     truth_pixels = vq_tokenizer.decode(frames.reshape(len(frames), vq_tokenizer.codes_per_side, -1))
@@ -217,7 +221,9 @@ def continuation(engine: Any, videos: list[np.ndarray], text_tokenizer: Any, vq_
     return {"videos": len(videos), "context_frames": context_frames, "generated_frames": len(frames) - context_frames,
             "codes": total, "code_accuracy": right / max(total, 1), "copy_code_accuracy": copy_right / max(total, 1),
             "changed_codes": changed, "changed_accuracy": changed_accuracy, "unchanged_accuracy": unchanged_accuracy,
-            "balanced_accuracy": (changed_accuracy + unchanged_accuracy) / 2, "copy_balanced_accuracy": 0.5}
+            "balanced_accuracy": (changed_accuracy + unchanged_accuracy) / 2, "copy_balanced_accuracy": 0.5,
+            "balanced_accuracy_by_frame": [float((c_right / max(c, 1) + u_right / max(u, 1)) / 2)
+                                           for c, c_right, u, u_right in per_frame]}
 
 
 def _write_side_by_side(truth: np.ndarray, predicted: np.ndarray, context: int, output_dir: Path,
