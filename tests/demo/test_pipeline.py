@@ -68,6 +68,8 @@ def test_demo_pipeline_end_to_end_at_tiny_sizes(tmp_path):
     go_on = stored["continuation"]
     assert go_on["videos"] == 2 and _is_fraction(go_on["code_accuracy"]) and _is_fraction(go_on["balanced_accuracy"])
     assert go_on["balanced_accuracy"] == pytest.approx((go_on["changed_accuracy"] + go_on["unchanged_accuracy"]) / 2)
+    by_frame = go_on["balanced_accuracy_by_frame"]
+    assert len(by_frame) == go_on["generated_frames"] and all(_is_fraction(value) for value in by_frame)
     assert all(row["needs"] in ("one frame", "time") for row in qa["by_kind"].values())
     assert math.isfinite(frame["vision_loss"]) and math.isfinite(frame["pretrained_vision_loss"])
     losses = stored["losses"]
