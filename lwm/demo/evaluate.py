@@ -192,7 +192,6 @@ def continuation(engine: Any, videos: list[np.ndarray], text_tokenizer: Any, vq_
     it was and wrong on every code that changes, so besides plain code accuracy the bar uses the
     balanced accuracy, the mean of the accuracy on changed and on unchanged codes (copying: 0.5).
     """
-    right = copy_right = changed = changed_right = unchanged = unchanged_right = total = 0
     generated_frames = len(videos[0]) - context_frames
     # Per generated frame: [changed, changed right, unchanged, unchanged right] (errors compound).
     per_frame = np.zeros((generated_frames, 4), np.int64)
@@ -203,23 +202,19 @@ def continuation(engine: Any, videos: list[np.ndarray], text_tokenizer: Any, vq_
         truth, last = frames[context_frames:], frames[context_frames - 1][None]
         moved = truth != last
         hit = generated == truth
-        right += int(hit.sum())
-        copy_right += int((~moved).sum())
-        changed += int(moved.sum())
-        changed_right += int(hit[moved].sum())
-        unchanged += int((~moved).sum())
-        unchanged_right += int(hit[~moved].sum())
-        total += truth.size
         per_frame += np.stack([moved.sum(1), (hit & moved).sum(1), (~moved).sum(1), (hit & ~moved).sum(1)], 1)
     frames = videos[0]
     predicted = np.concatenate([frames[:context_frames], first_generated])
     truth_pixels = vq_tokenizer.decode(frames.reshape(len(frames), vq_tokenizer.codes_per_side, -1))
     predicted_pixels = vq_tokenizer.decode(predicted.reshape(len(frames), vq_tokenizer.codes_per_side, -1))
     _write_side_by_side(truth_pixels, predicted_pixels, context_frames, output_dir)
+    changed, changed_right, unchanged, unchanged_right = (int(count) for count in per_frame.sum(0))
+    total = changed + unchanged  # copying is right exactly on the unchanged codes
     changed_accuracy = changed_right / max(changed, 1)
     unchanged_accuracy = unchanged_right / max(unchanged, 1)
-    return {"videos": len(videos), "context_frames": context_frames, "generated_frames": len(frames) - context_frames,
-            "codes": total, "code_accuracy": right / max(total, 1), "copy_code_accuracy": copy_right / max(total, 1),
+    return {"videos": len(videos), "context_frames": context_frames, "generated_frames": generated_frames,
+            "codes": total, "code_accuracy": (changed_right + unchanged_right) / max(total, 1),
+            "copy_code_accuracy": unchanged / max(total, 1),
             "changed_codes": changed, "changed_accuracy": changed_accuracy, "unchanged_accuracy": unchanged_accuracy,
             "balanced_accuracy": (changed_accuracy + unchanged_accuracy) / 2, "copy_balanced_accuracy": 0.5,
             "balanced_accuracy_by_frame": [float((c_right / max(c, 1) + u_right / max(u, 1)) / 2)
