@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,7 @@ import numpy as np
 from lwm.config import load_config
 from lwm.data.synthetic import generate_world
 from lwm.demo.config import DemoConfig
-from lwm.model.vqgan_convert import load_vq_tokenizer
-from lwm.train.vq import reconstruction_error, train_vq
+from lwm.demo.pipeline import train_tokenizer
 
 
 def code_stability(frames_VTHWC: np.ndarray, codes_VTN: np.ndarray) -> dict[str, float]:
@@ -58,29 +58,27 @@ def code_stability(frames_VTHWC: np.ndarray, codes_VTN: np.ndarray) -> dict[str,
             "codes_used": int(len(np.unique(codes_VTN)))}
 
 
-def measure(config: DemoConfig, run_dir: str) -> dict[str, Any]:
-    """Trains the demo's VQ tokenizer into `run_dir` and measures its codes on the held-out videos."""
+def measure(config: DemoConfig, output_dir: str) -> dict[str, Any]:
+    """Trains the demo's VQ tokenizer as the demo does (into `output_dir/vq`) and measures its
+    codes on the held-out videos."""
     world = generate_world(dataclasses.replace(config.synthetic, document_chars=config.demo_data.document_chars))
-    frames = np.concatenate([video.frames for video in world.videos_in("train")])
-    vq = dataclasses.replace(config.vq, checkpoint=dataclasses.replace(config.vq.checkpoint, dir=run_dir))
-    result = train_vq(vq, frames=frames, progress=False)
+    tokenizer = train_tokenizer(config, world, Path(output_dir))
     held_out = np.stack([video.frames for video in world.videos_in("held_out")])
-    tokenizer = load_vq_tokenizer(result.run_dir, batch_size=64)
-    flat = held_out.reshape(-1, *held_out.shape[2:])
-    codes = np.asarray(tokenizer.encode(flat)).reshape(held_out.shape[0], held_out.shape[1], -1)
+    codes = np.asarray(tokenizer.encode(held_out.reshape(-1, *held_out.shape[2:])))
+    codes = codes.reshape(held_out.shape[0], held_out.shape[1], -1)
     return {"vq_steps": config.vq.train.steps, "codebook_size": config.vq.model.codebook_size,
-            "reconstruction_mse": round(reconstruction_error(result.model, flat), 4),
+            "reconstruction_mse": round(tokenizer.metrics["vq_reconstruction_mse"], 4),
             **{k: round(v, 3) if isinstance(v, float) else v for k, v in code_stability(held_out, codes).items()}}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/demo-full.yaml")
-    parser.add_argument("--run-dir", default="runs/code_stability/vq")
+    parser.add_argument("--output-dir", default="runs/code_stability")
     args, overrides = parser.parse_known_args(argv)
     config = load_config(DemoConfig, args.config, overrides)
     start = time.perf_counter()
-    line = {**measure(config, args.run_dir), "overrides": overrides, "seconds": round(time.perf_counter() - start, 1)}
+    line = {**measure(config, args.output_dir), "overrides": overrides, "seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(line), flush=True)
     return line
 
