@@ -13,6 +13,7 @@ from typing import Literal
 from lwm.config.errors import ConfigError
 
 NormType = Literal["group", "spatial"]
+EncoderType = Literal["vqgan", "patch"]
 ComputeDType = Literal["float32", "bfloat16"]
 
 
@@ -40,6 +41,11 @@ class VQModelConfig:
     # the quantized latents (MoVQ style); needs z_channels == codebook_dim.
     norm_type: NormType = "group"
     mid_attention: bool = False
+    # "vqgan": the aMUSEd encoder (3x3 convs, frame-wide GroupNorm: a code depends on shapes far
+    # from its patch). "patch": each code is a function of its own f x f pixel patch only (one
+    # f-stride conv, then per-position residual MLPs with LayerNorm), so a code changes only where
+    # its pixels do. The decoder is the same for both; only "vqgan" imports LWM/diffusers weights.
+    encoder: EncoderType = "vqgan"
     # Compute dtype of the convolutions; parameters stay float32.
     dtype: ComputeDType = "float32"
 
@@ -49,6 +55,8 @@ class VQModelConfig:
                      "z_channels", "codebook_size", "codebook_dim", "norm_num_groups"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"vq model.{name}={getattr(self, name)} must be positive")
+        if self.encoder not in ("vqgan", "patch"):
+            raise ConfigError(f"vq model.encoder={self.encoder!r} must be 'vqgan' or 'patch'")
         if not self.channel_mult or any(mult <= 0 for mult in self.channel_mult):
             raise ConfigError(
                 f"vq model.channel_mult={list(self.channel_mult)} must be a non-empty list of "

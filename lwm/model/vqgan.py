@@ -229,6 +229,41 @@ class Encoder(nnx.Module):
         return self.conv_out(nnx.silu(self.conv_norm_out(x)))
 
 
+class PositionwiseBlock(nnx.Module):
+    """Residual block that mixes channels at each position only: LayerNorm, SiLU, 1x1 conv,
+    twice. Nothing crosses positions, so a latent depends on its own patch alone."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs, dtype=None):
+        self.norm1 = nnx.LayerNorm(channels, epsilon=GROUP_NORM_EPS, dtype=dtype, rngs=rngs)
+        self.conv1 = _conv(channels, channels, 1, rngs, dtype=dtype)
+        self.norm2 = nnx.LayerNorm(channels, epsilon=GROUP_NORM_EPS, dtype=dtype, rngs=rngs)
+        self.conv2 = _conv(channels, channels, 1, rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + self.conv2(nnx.silu(self.norm2(self.conv1(nnx.silu(self.norm1(x))))))
+
+
+class PatchEncoder(nnx.Module):
+    """Pixels `[N, H, W, C]` -> latents `[N, H/f, W/f, z_channels]`, each from its own f x f
+    patch only (`encoder: patch`): an f-stride f x f conv, `num_res_blocks + 2` position-wise
+    residual blocks (as many as the VQGAN encoder's last level and mid block), LayerNorm, SiLU,
+    a 1x1 conv. Codes are then local: one changes only where the pixels under it change."""
+
+    def __init__(self, config: VQModelConfig, *, rngs: nnx.Rngs, dtype=None):
+        width, factor = config.hidden_channels * config.channel_mult[-1], config.downsample_factor
+        self.conv_in = _conv(config.in_channels, width, factor, rngs, stride=factor, padding="VALID", dtype=dtype)
+        self.blocks = nnx.List([PositionwiseBlock(width, rngs=rngs, dtype=dtype)
+                                for _ in range(config.num_res_blocks + 2)])
+        self.norm_out = nnx.LayerNorm(width, epsilon=GROUP_NORM_EPS, dtype=dtype, rngs=rngs)
+        self.conv_out = _conv(width, config.z_channels, 1, rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.conv_in(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.conv_out(nnx.silu(self.norm_out(x)))
+
+
 class Decoder(nnx.Module):
     """Latents `[N, h, w, z_channels]` (and, for spatial norms, the quantized codes' vectors)
     -> pixels `[N, h*f, w*f, C]`."""
@@ -319,7 +354,8 @@ class VQGAN(nnx.Module):
         config.validate()
         self.config = config
         dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
-        self.encoder = Encoder(config, rngs=rngs, dtype=dtype)
+        encoder = PatchEncoder if config.encoder == "patch" else Encoder
+        self.encoder = encoder(config, rngs=rngs, dtype=dtype)
         self.quant_conv = _conv(config.z_channels, config.codebook_dim, 1, rngs, dtype=dtype)
         self.quantize = VectorQuantizer(config.codebook_size, config.codebook_dim, rngs=rngs)
         self.post_quant_conv = _conv(config.codebook_dim, config.z_channels, 1, rngs, dtype=dtype)

@@ -136,6 +136,8 @@ def load_lwm_vqgan(path: str | Path, config: VQModelConfig | None = None, *, res
             raise WeightMappingError(f"{path}: {error}") from None
     if config.mid_attention:
         raise WeightMappingError(f"{path}: LWM's VQGAN has no attention; set mid_attention: false")
+    if config.encoder != "vqgan":
+        raise WeightMappingError(f"{path}: LWM's VQGAN has the convolutional encoder; set encoder: vqgan")
     model = assign_weights(abstract_vqgan(config), lwm_tree_to_ours(tree, str(path)), str(path),
                            display=ours_name_to_lwm)
     return set_lwm_numerics(model)
@@ -190,6 +192,8 @@ def save_lwm_vqgan(model: VQGAN, path: str | Path) -> Path:
 
     if model.config.mid_attention:
         raise WeightMappingError("LWM's VQGAN has no attention: a model with mid_attention cannot be written")
+    if model.config.encoder != "vqgan":
+        raise WeightMappingError("LWM's VQGAN has the convolutional encoder: a model with encoder: patch cannot be written")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:

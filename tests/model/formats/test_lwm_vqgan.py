@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from flax.traverse_util import flatten_dict
 from lwm_reference import LWM_VQ_DEFAULT, LwmVQGAN, init_lwm_vqgan, lwm_vqgan_shapes
 
@@ -29,7 +30,7 @@ from lwm.model.formats.lwm_vqgan import (
 from lwm.model.formats.safe_files import ParamFileError, UnsafeFileError, WeightMappingError
 from lwm.model.formats.vq_assign import variable_names
 from lwm.model.vq_tokenizer import load_vq
-from lwm.model.vqgan import abstract_vqgan
+from lwm.model.vqgan import VQGAN, abstract_vqgan
 
 # Attention-free and small; channel_mult[0] = 2 exercises LWM's conv_in (hidden_channels wide,
 # then a shortcut in the first residual block), and 3 levels the decoder's reversed numbering.
@@ -163,3 +164,14 @@ class _FakeJaxArray:
         import jax._src.array as jax_array
 
         return (jax_array._reconstruct_array, (print, ("hello",), None, {}))
+
+
+def test_patch_encoder_is_refused_by_lwm_format(tmp_path, tiny):
+    """LWM's file holds the convolutional encoder only: neither direction maps `encoder: patch`."""
+    path = tmp_path / "vqgan"
+    path.write_bytes(pickle.dumps(tiny[0]))
+    patch_config = dataclasses.replace(_config(TINY), encoder="patch")
+    with pytest.raises(WeightMappingError, match=r"vqgan: LWM's VQGAN has the convolutional encoder; set encoder: vqgan"):
+        load_lwm_vqgan(path, patch_config)
+    with pytest.raises(WeightMappingError, match="encoder: patch cannot be written"):
+        save_lwm_vqgan(VQGAN(patch_config, rngs=nnx.Rngs(0)), tmp_path / "out")
